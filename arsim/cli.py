@@ -1,0 +1,123 @@
+"""The ``arsim`` command line.
+
+User errors (bad model files, bad overrides, bad paths) print one line on
+stderr and exit with status 2, without a traceback and without writing any
+output file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+from .config import ConfigError
+
+__all__ = ["main"]
+
+
+def _fmt(value, infinite: str = "inf") -> str:
+    if isinstance(value, float) and math.isinf(value):
+        return infinite
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def _print_table(rows: list, config: dict, result, out=sys.stdout) -> None:
+    eta = config["dt"] / config["tau"]
+    n_steps = len(result.t) and int(round(result.t[-1] / eta))
+    print(
+        f"{config['name']}: sizes {config['sizes']}, {config['activation']}/{config['output_activation']},"
+        f" loss {config['loss']}, feedback {config['feedback']}, derivative {config['derivative']},"
+        f" {config['ordering']}; dt/tau = {eta:g}, {n_steps} steps = {n_steps * eta:g} tau",
+        file=out,
+    )
+    header = (
+        "layer", "units", "x rel.err", f"t_conv({config['threshold']:g})", f"x err@{config['report_tau']:g}tau",
+        "dW cos", "dW angle[deg]", "dW rel.err",
+    )
+    print("  ".join(f"{h:>14}" for h in header), file=out)
+    for row in rows:
+        cells = (
+            f"{row['layer']}{' (clamp)' if row['role'] == 'output clamp' else ''}",
+            row["units"],
+            row["x_rel_error"],
+            row["t_conv_tau"],
+            row["x_rel_error_at_report"],
+            row["dW_cosine"],
+            row["dW_angle_deg"],
+            row["dW_rel_error"],
+        )
+        texts = [_fmt(c, "not reached" if k == 3 else "inf") for k, c in enumerate(cells)]
+        print("  ".join(f"{t:>14}" for t in texts), file=out)
+    print(
+        f"(times in units of tau; dW row l is the gradient of W^{{l-1}}; compile {result.compile_seconds:.1f} s, run {result.run_seconds:.3f} s)",
+        file=out,
+    )
+
+
+def _cmd_relax(args) -> int:
+    from . import config as config_mod
+    from .io import provenance, save_npz, write_json
+    from .relax import run_relaxation
+
+    config = config_mod.load(args.model, args.set)
+    if args.save is not None and not Path(args.save).suffix == ".npz":
+        raise ConfigError(f"--save {args.save}: expected a file name ending in .npz")
+    if args.save is not None and not Path(args.save).resolve().parent.is_dir():
+        raise ConfigError(f"--save {args.save}: directory {Path(args.save).parent} does not exist")
+    if args.device == "cpp":
+        print("arsim: building the standalone network (cached after the first time)...", file=sys.stderr)
+    result = run_relaxation(config, device=args.device)
+    summary = {"layers": result.layers, "compile_seconds": result.compile_seconds, "run_seconds": result.run_seconds}
+    if args.save is not None:
+        save_npz(args.save, result.arrays())
+        write_json(str(args.save) + ".json", {**provenance(config), **summary})
+    if args.json:
+        json.dump({**provenance(config), **summary}, sys.stdout, indent=1, default=_json_safe)
+        print()
+    else:
+        _print_table(result.layers, config, result)
+    return 0
+
+
+def _json_safe(value):
+    if isinstance(value, float):
+        return None if not math.isfinite(value) else value
+    return str(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``arsim`` command."""
+    parser = argparse.ArgumentParser(prog="arsim", description="Activation Relaxation as Brian2 neuron dynamics.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    relax = sub.add_parser("relax", help="relax one network and compare with backprop")
+    relax.add_argument("model", help="model file (TOML), e.g. models/quick.toml")
+    relax.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a model key")
+    relax.add_argument("--save", metavar="FILE.npz", help="write the arrays to FILE.npz (and provenance to FILE.npz.json)")
+    relax.add_argument("--json", action="store_true", help="print the per-layer table as JSON")
+    relax.add_argument("--device", choices=("cpp", "runtime"), default="cpp", help="Brian2 device (default cpp_standalone)")
+    relax.set_defaults(func=_cmd_relax)
+    return parser
+
+
+def main(argv: list | None = None) -> int:
+    """Entry point of the ``arsim`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        print(f"arsim: error: {err}", file=sys.stderr)
+        return 2
+    except FloatingPointError as err:
+        print(f"arsim: error: {err}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print("arsim: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,246 @@
+"""Model files: the complete, validated description of an experiment.
+
+A model file is TOML (read with the standard library). Every key is declared
+once in ``SCHEMA`` with its type, default, accepted range and meaning; the
+loader rejects unknown keys, wrong types and out-of-range values with a
+one-line `ConfigError` naming the key, the value and what is accepted.
+``--set key=value`` overrides from the command line go through the same
+checks (values are parsed as TOML literals, bare words as strings).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .activations import ACTIVATIONS
+from .rules import FEEDBACK_RULES
+
+__all__ = ["ConfigError", "Key", "SCHEMA", "load", "resolve", "parse_override", "n_relax_steps"]
+
+
+class ConfigError(ValueError):
+    """A user error in a model file or an override (reported in one line)."""
+
+
+@dataclass(frozen=True)
+class Key:
+    """Declaration of one model-file key.
+
+    Attributes
+    ----------
+    kind : type or tuple of types
+        Accepted Python type after TOML parsing (``float`` also accepts int).
+    default : object
+        Default value; ``REQUIRED`` if the key must be given.
+    check : callable, optional
+        Returns an error description (what is accepted) or None.
+    doc : str
+        One-line meaning, shown in the README table.
+    unit : str
+        Physical unit, if any.
+    """
+
+    kind: Any
+    default: Any
+    check: Callable[[Any], str | None] | None = None
+    doc: str = ""
+    unit: str = ""
+    shape_key: bool = field(default=False)
+
+
+REQUIRED = object()
+
+
+def _one_of(*choices):
+    def check(value):
+        return None if value in choices else "one of " + ", ".join(repr(c) for c in choices)
+
+    return check
+
+
+def _positive(value):
+    return None if value > 0 and math.isfinite(value) else "a finite number > 0"
+
+
+def _non_negative_int(value):
+    return None if value >= 0 else "an integer >= 0"
+
+
+def _at_least_one(value):
+    return None if value >= 1 else "an integer >= 1"
+
+
+def _sizes(value):
+    if len(value) < 2:
+        return "a list of at least 2 layer sizes (input and output)"
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in value):
+        return "a list of integers >= 1"
+    return None
+
+
+def _record_variables(value):
+    allowed = ("x", "fb")
+    if "x" not in value or not all(isinstance(v, str) and v in allowed for v in value):
+        return "a list containing 'x', drawn from " + ", ".join(repr(a) for a in allowed)
+    return None
+
+
+SCHEMA: dict[str, Key] = {
+    "name": Key(str, "model", doc="label stored with the results"),
+    "sizes": Key(list, REQUIRED, _sizes, "layer sizes n_0 (input) .. n_L (output)", shape_key=True),
+    "activation": Key(str, "tanh", _one_of(*ACTIVATIONS), "hidden-layer activation f"),
+    "output_activation": Key(
+        str, "linear", _one_of(*ACTIVATIONS), "output activation (must be linear with loss = ce: softmax is part of the loss)"
+    ),
+    "leaky_slope": Key(float, 0.01, lambda v: None if 0 <= v < 1 else "a number in [0, 1)", "negative slope of leaky_relu"),
+    "loss": Key(str, "mse", _one_of("mse", "ce"), "mse: summed squared error; ce: softmax cross-entropy", shape_key=True),
+    "bias": Key(bool, False, None, "use biases b^l"),
+    "init_std": Key(float, 0.05, _positive, "forward weights drawn from N(0, init_std^2)"),
+    "feedback_std": Key(float, 0.05, _positive, "B drawn from N(0, feedback_std^2) for feedback = learned | random"),
+    "input": Key(str, "normal", _one_of("normal", "uniform"), "random input for relax: N(0,1) or U[0,1)"),
+    "seed": Key(int, 0, _non_negative_int, "seed of weights, input and target"),
+    "tau": Key(float, 10.0, _positive, "time constant of the relaxation", unit="ms"),
+    "dt": Key(float, 1.0, _positive, "integration step (Euler)", unit="ms"),
+    "duration": Key(float, 100.0, _positive, "length of the backward relaxation phase", unit="ms"),
+    "feedback": Key(str, "transpose", _one_of(*FEEDBACK_RULES), "backward weights in the relaxation", shape_key=True),
+    "derivative": Key(bool, True, None, "multiply the feedback by f'(a) of the layer above", shape_key=True),
+    "ordering": Key(str, "synchronous", _one_of("synchronous", "sequential"), "layer update order within a step", shape_key=True),
+    "threshold": Key(float, 1e-3, _positive, "relative-error threshold of the convergence time"),
+    "report_tau": Key(float, 10.0, _positive, "also tabulate x^l's relative error at this time (the paper's 100 steps at dt/tau 0.1)", unit="tau"),
+    "record.variables": Key(list, ["x"], _record_variables, "variables recorded during relaxation", shape_key=True),
+    "record.every": Key(int, 1, _at_least_one, "record every this many steps", shape_key=True),
+}
+
+
+def _flatten(table: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in table.items():
+        full = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, full + "."))
+        else:
+            flat[full] = value
+    return flat
+
+
+def _type_ok(value, kind) -> bool:
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def _type_name(kind) -> str:
+    return {float: "a number", int: "an integer", bool: "true or false", str: "a string", list: "a list"}[kind]
+
+
+def resolve(raw: dict, source: str = "config") -> dict:
+    """Validate a (possibly nested) dict of keys and fill in defaults.
+
+    Parameters
+    ----------
+    raw : dict
+        Keys as in a model file (tables allowed, flattened to dotted names).
+    source : str
+        Where the values came from, used in error messages.
+
+    Returns
+    -------
+    dict
+        Flat dict with every key of ``SCHEMA``.
+
+    Raises
+    ------
+    ConfigError
+        On the first unknown key, wrong type or value out of range.
+    """
+    flat = _flatten(raw)
+    config = {}
+    for key in flat:
+        if key not in SCHEMA:
+            raise ConfigError(f"{source}: unknown key {key!r}; accepted keys: {', '.join(SCHEMA)}")
+    for key, spec in SCHEMA.items():
+        if key in flat:
+            value = flat[key]
+        elif spec.default is REQUIRED:
+            raise ConfigError(f"{source}: missing required key {key!r} ({spec.doc})")
+        else:
+            value = copy.deepcopy(spec.default)
+        if not _type_ok(value, spec.kind):
+            raise ConfigError(f"{source}: {key} = {value!r} has the wrong type; expected {_type_name(spec.kind)}")
+        if spec.kind is float:
+            value = float(value)
+        if spec.check is not None:
+            problem = spec.check(value)
+            if problem:
+                raise ConfigError(f"{source}: {key} = {value!r} is out of range; expected {problem}")
+        config[key] = value
+    _check_relations(config, source)
+    return config
+
+
+def _check_relations(config: dict, source: str) -> None:
+    eta = config["dt"] / config["tau"]
+    if not eta < 2.0:
+        raise ConfigError(
+            f"{source}: dt = {config['dt']!r} ms with tau = {config['tau']!r} ms gives dt/tau = {eta:.6g};"
+            " expected 0 < dt/tau < 2 (forward Euler is unstable beyond 2)"
+        )
+    steps = config["duration"] / config["dt"]
+    if abs(steps - round(steps)) > 1e-9 * max(1.0, steps) or round(steps) < 1:
+        raise ConfigError(
+            f"{source}: duration = {config['duration']!r} ms is not a positive whole number of"
+            f" dt = {config['dt']!r} ms steps; expected duration = k * dt with k >= 1"
+        )
+    if config["loss"] == "ce" and config["output_activation"] != "linear":
+        raise ConfigError(
+            f"{source}: output_activation = {config['output_activation']!r} with loss = 'ce';"
+            " expected 'linear' (the softmax is part of the ce loss)"
+        )
+
+
+def n_relax_steps(config: dict) -> int:
+    """Number of Euler steps in the relaxation phase (``duration / dt``)."""
+    return int(round(config["duration"] / config["dt"]))
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse one ``key=value`` override; the value is a TOML literal or a bare word."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected key=value")
+    key, value_text = (part.strip() for part in text.split("=", 1))
+    try:
+        value = tomllib.loads(f"v = {value_text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = value_text
+    return key, value
+
+
+def load(path: str | Path, overrides: list[str] | None = None) -> dict:
+    """Read a model file, apply ``key=value`` overrides and validate.
+
+    Raises
+    ------
+    ConfigError
+        If the file is missing, not valid TOML, or any key is invalid.
+    """
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: model file not found") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML ({err})") from None
+    flat = _flatten(raw)
+    for text in overrides or []:
+        key, value = parse_override(text)
+        if key not in SCHEMA:
+            raise ConfigError(f"--set {key}: unknown key; accepted keys: {', '.join(SCHEMA)}")
+        flat[key] = value
+    return resolve(flat, source=str(path))

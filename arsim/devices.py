@@ -1,0 +1,307 @@
+"""Compiling and running networks: Brian2 cpp_standalone (default) or runtime.
+
+A `Runner` takes named parameter arrays (``"proj0.w"``, ``"layer1.b"``,
+``"layer1.tau"``, ``"input_values"``, ...) and returns named result arrays
+(``"layer1.x"``, ``"monitor1.x"``, ...). Two implementations:
+
+`StandaloneRunner`
+    Compiles the network once with Brian2's cpp_standalone device into a
+    build directory keyed by the `Topology` (and the Brian2/arsim
+    versions), then runs the binary with ``run_args``-style command-line
+    arguments for every call. It talks to the binary directly (the same
+    ``name=static_arrays/file`` arguments Brian2 >= 2.6 writes), which lets
+    several runs of one build proceed concurrently in separate results
+    directories and lets one process hold several builds. The file names
+    of Brian2's arrays are device-internal; they are read once at build
+    time and stored in ``manifest.json``. `tests/test_devices.py` guards this
+    against a Brian2 upgrade.
+`RuntimeRunner`
+    Builds the same objects under Brian2's runtime (numpy) target: slow,
+    no compiler needed, for debugging.
+
+Sizes of every array are checked here, because the standalone binary
+silently ignores a wrong-size array (BRIAN2_NOTES.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .network import Topology, build_network
+
+__all__ = ["Runner", "StandaloneRunner", "RuntimeRunner", "build_cache_dir", "get_runner", "BUILD_COUNTER"]
+
+#: neuron variables replaced at run time (all but ``b`` are shared scalars)
+RUNTIME_NEURON_PARAMETERS = ("b", "tau", "n_relax", "act_kind", "act_slope")
+_INTEGER_PARAMETERS = ("n_relax", "act_kind")
+
+#: number of compilations done by this process (tests count builds with it)
+BUILD_COUNTER = {"compiled": 0}
+
+
+def build_cache_dir() -> Path:
+    """Directory of compiled builds (``$ARSIM_BUILD_DIR`` or the user cache)."""
+    root = os.environ.get("ARSIM_BUILD_DIR")
+    if root:
+        return Path(root)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "arsim" / "builds"
+
+
+def _topology_hash(topo: Topology) -> str:
+    import brian2
+
+    payload = json.dumps({"topology": asdict(topo), "brian2": brian2.__version__, "arsim": __version__}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _parameter_views(built):
+    """Map parameter keys to the Brian2 objects that can be replaced per run."""
+    views = {"input_values": built.input_values, "target_values": built.target_values}
+    for group in built.layers:
+        for var in RUNTIME_NEURON_PARAMETERS:
+            views[f"{group.name}.{var}"] = getattr(group, var)
+    for syn in built.projections:
+        for var in syn.variables:
+            if var in ("w", "wb"):
+                views[f"{syn.name}.{var}"] = getattr(syn, var)
+    return views
+
+
+def _result_variables(built):
+    """Map result keys to Brian2 variables written by the binary."""
+    out = {}
+    for group in built.layers:
+        for var in ("x", "xbar", "fp", "fb", "b"):
+            out[f"{group.name}.{var}"] = group.variables[var]
+    for syn in built.projections:
+        for var in ("w", "wb"):
+            if var in syn.variables:
+                out[f"{syn.name}.{var}"] = syn.variables[var]
+    for mon in built.monitors.values():
+        out[f"{mon.name}.t"] = mon.variables["t"]
+        out[f"{mon.name}.N"] = mon.variables["N"]
+        for var in mon.record_variables:
+            out[f"{mon.name}.{var}"] = mon.variables[var]
+    return out
+
+
+def parameter_sizes(topo: Topology) -> dict:
+    """Number of elements of every run-time parameter of ``topo``."""
+    sizes = {
+        "input_values": topo.n_samples * topo.sizes[0],
+        "target_values": topo.n_samples * topo.sizes[-1],
+    }
+    for index, size in enumerate(topo.sizes):
+        for var in RUNTIME_NEURON_PARAMETERS:
+            sizes[f"layer{index}.{var}"] = size if var == "b" else 1
+    separate_backward = topo.rule().backward_variable == "wb"
+    for index in range(topo.n_layers):
+        synapses = topo.sizes[index] * topo.sizes[index + 1]
+        sizes[f"proj{index}.w"] = synapses
+        if separate_backward:
+            sizes[f"proj{index}.wb"] = synapses
+    return sizes
+
+
+class Runner:
+    """Common interface: ``run(params) -> results`` for one `Topology`."""
+
+    topology: Topology
+
+    def parameter_sizes(self) -> dict:
+        """Expected number of elements of every parameter."""
+        return parameter_sizes(self.topology)
+
+    def check_params(self, params: dict) -> dict:
+        """Return float64 copies of ``params``, raising ValueError on a wrong key or size."""
+        sizes = self.parameter_sizes()
+        checked = {}
+        for key, value in params.items():
+            if key not in sizes:
+                raise ValueError(f"unknown network parameter {key!r}; known: {', '.join(sorted(sizes))}")
+            integer = key.split(".")[-1] in _INTEGER_PARAMETERS
+            array = np.asarray(value, dtype=np.int64 if integer else np.float64)
+            if array.size != sizes[key]:
+                raise ValueError(f"parameter {key!r} has {array.size} elements; the network needs {sizes[key]}")
+            checked[key] = array
+        return checked
+
+    def run(self, params: dict) -> dict:
+        raise NotImplementedError
+
+
+def _reshape_results(topo: Topology, raw: dict) -> dict:
+    """Give monitor arrays their (time, unit) shape."""
+    results = {}
+    for key, value in raw.items():
+        name, var = key.split(".", 1)
+        if name.startswith("monitor") and var not in ("t", "N"):
+            layer = int(name[len("monitor"):])
+            value = value.reshape(-1, topo.sizes[layer])
+        results[key] = value
+    return results
+
+
+class StandaloneRunner(Runner):
+    """Run a compiled cpp_standalone build of ``topology``.
+
+    Parameters
+    ----------
+    topology : Topology
+        The network's build key.
+    cache_dir : path, optional
+        Root of build directories (default `build_cache_dir`).
+    """
+
+    def __init__(self, topology: Topology, cache_dir: str | os.PathLike | None = None):
+        self.topology = topology
+        root = Path(cache_dir) if cache_dir is not None else build_cache_dir()
+        self.directory = root / _topology_hash(topology)
+        self.compile_seconds = 0.0
+        self.manifest = self._ensure_built()
+
+    def _ensure_built(self) -> dict:
+        self.directory.parent.mkdir(parents=True, exist_ok=True)
+        lock_path = self.directory.parent / (self.directory.name + ".lock")
+        with open(lock_path, "w") as lock:
+            # one compiler per build directory; concurrent users wait for it
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            manifest_path = self.directory / "manifest.json"
+            if manifest_path.exists():
+                return json.loads(manifest_path.read_text())
+            started = time.perf_counter()
+            manifest = self._compile()
+            self.compile_seconds = time.perf_counter() - started
+            manifest["compile_seconds"] = self.compile_seconds
+            tmp = manifest_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(manifest, indent=1))
+            os.replace(tmp, manifest_path)
+            return manifest
+
+    def _compile(self) -> dict:
+        from brian2 import device, prefs, second, set_device
+        from brian2.devices.device import reset_device
+
+        if self.directory.exists():
+            shutil.rmtree(self.directory)  # a half-finished earlier build
+        prefs.reset_to_defaults()
+        set_device("cpp_standalone", build_on_run=False, directory=str(self.directory))
+        try:
+            built = build_network(self.topology)
+            built.network.run(built.duration * second)
+            views = _parameter_views(built)
+            params = {}
+            for key, view in views.items():
+                if key in ("input_values", "target_values"):
+                    params[key] = {"arg": f"{view.name}.values", "dtype": "float64"}
+                else:
+                    params[key] = {"arg": f"{view.group_name}.{view.name}", "dtype": str(np.dtype(view.dtype))}
+            outputs = {
+                key: {"file": device.get_array_filename(var), "dtype": str(np.dtype(var.dtype))}
+                for key, var in _result_variables(built).items()
+            }
+            device.build(directory=str(self.directory), compile=True, run=False, with_output=False)
+            BUILD_COUNTER["compiled"] += 1
+        finally:
+            device.reinit()
+            reset_device("runtime")
+        return {"topology": asdict(self.topology), "params": params, "outputs": outputs}
+
+
+    def run(self, params: dict, keep_results: bool = False) -> dict:
+        """Run the binary once with ``params``; return every result array."""
+        checked = self.check_params(params)
+        static = self.directory / "static_arrays"
+        static.mkdir(exist_ok=True)
+        results_dir = Path(tempfile.mkdtemp(prefix="results_", dir=self.directory))
+        written = []
+        args = ["--results_dir", str(results_dir) + os.sep]
+        try:
+            for key, value in checked.items():
+                spec = self.manifest["params"][key]
+                value = value.astype(spec["dtype"])
+                if value.size == 1 and key not in ("input_values", "target_values"):
+                    args.append(f"{spec['arg']}={value.item()!r}")
+                    continue
+                name = f"arsim_{key}_{hashlib.md5(value.tobytes()).hexdigest()}.dat"
+                tmp = static / (name + f".{os.getpid()}.tmp")
+                value.tofile(tmp)
+                os.replace(tmp, static / name)
+                written.append(static / name)
+                args.append(f"{spec['arg']}={os.path.join('static_arrays', name)}")
+            env = dict(os.environ, LD_BIND_NOW="1")
+            proc = subprocess.run(["./main", *args], cwd=self.directory, env=env, capture_output=True, text=True)
+            if proc.returncode != 0 or "Error" in proc.stderr:
+                raise RuntimeError(
+                    f"standalone run failed in {self.directory} (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}"
+                )
+            raw = {}
+            for key, spec in self.manifest["outputs"].items():
+                path = results_dir / spec["file"]
+                raw[key] = np.fromfile(path, dtype=spec["dtype"]) if path.exists() else np.zeros(0)
+            return _reshape_results(self.topology, raw)
+        finally:
+            for path in written:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()  # content-hashed inputs would otherwise pile up
+            if not keep_results:
+                shutil.rmtree(results_dir, ignore_errors=True)
+
+
+class RuntimeRunner(Runner):
+    """Run the same network with Brian2's runtime (numpy) target, for debugging."""
+
+    def __init__(self, topology: Topology):
+        self.topology = topology
+        self.compile_seconds = 0.0
+
+    def run(self, params: dict) -> dict:
+        from brian2 import TimedArray, prefs, second
+        from brian2.devices.device import reset_device
+
+        checked = self.check_params(params)
+        reset_device("runtime")
+        prefs.reset_to_defaults()
+        prefs.codegen.target = "numpy"
+        built = build_network(self.topology)
+        for key, value in checked.items():
+            if key in ("input_values", "target_values"):
+                old = getattr(built, key)
+                new = TimedArray(value.reshape(old.values.shape), dt=old.dt * second, name=key)
+                for group in built.layers:
+                    group.namespace[key] = new
+                continue
+            obj_name, var = key.split(".")
+            obj = next(o for o in (*built.layers, *built.projections) if o.name == obj_name)
+            if var == "tau":
+                setattr(obj, var, value.item() * second)
+            else:
+                setattr(obj, var, value if value.size > 1 else value.item())
+        built.network.run(built.duration * second)
+        raw = {}
+        for key, var in _result_variables(built).items():
+            raw[key] = np.asarray(var.get_value()).ravel().copy()
+        return _reshape_results(self.topology, raw)
+
+
+def get_runner(topology: Topology, device: str = "cpp", cache_dir=None) -> Runner:
+    """Return a runner for ``device`` (``"cpp"`` standalone or ``"runtime"``)."""
+    if device == "cpp":
+        return StandaloneRunner(topology, cache_dir=cache_dir)
+    if device == "runtime":
+        return RuntimeRunner(topology)
+    raise ValueError(f"device = {device!r}; expected 'cpp' or 'runtime'")

@@ -1,0 +1,203 @@
+"""Network builder: neurons and projections assembled from a feedback rule.
+
+The builder turns a resolved model config into Brian2 objects; it does not
+run them. Schedule within one clock step (slot ``start``, then ``groups``,
+then ``end``):
+
+=========  =====================================================  ==========
+slot       operation                                               when
+=========  =====================================================  ==========
+start      layer l stores its forward state (order 3l)             step 0 of a sample
+start      projection l-1 sums ``a`` of layer l (order 3l-2)       every step
+start      softmax normaliser of the output (order 3L-1, ce)      every step
+groups     projection l sums ``fb`` of layer l (order o_l - 1)     every step
+groups     layer l integrates ``x`` (order o_l)                    gated by ``relaxing``
+end        monitors record ``x`` (every ``record.every`` steps)
+=========  =====================================================  ==========
+
+With every layer at order ``o_l = 0`` all feedback sums precede all state
+updates: the synchronous (Jacobi) step of continuous time. With
+``ordering = "sequential"`` the layer order is ``o_l = 2 (L - l)``, so each
+layer's feedback reads the state just updated above it (Gauss-Seidel, as in
+the AR authors' code, SPEC section 6).
+
+Simulated time runs on one clock of step ``DT_INTERNAL = 2**-10 s``; the
+time constant given to Brian2 is ``tau * DT_INTERNAL / dt``, so the Euler map
+(which depends only on ``eta = dt / tau``) is the model file's, one compiled
+binary serves every ``(tau, dt)`` pair, and every phase boundary is an exact
+binary fraction of a second.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from brian2 import Clock, NeuronGroup, Network, StateMonitor, Synapses, TimedArray, second
+
+from .activations import ACTIVATION_CODES, brian_functions
+from .neuron import neuron_equations, store_code
+from .rules import FeedbackRule, get_rule
+
+__all__ = ["DT_INTERNAL", "Topology", "BuiltNetwork", "topology_from_config", "build_network", "projection_indices"]
+
+DT_INTERNAL = 2.0**-10  # seconds; a binary fraction keeps clock arithmetic exact
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Everything that fixes the compiled code (the build key).
+
+    Parameters that do not appear here (weights, biases, inputs, targets,
+    activations, tau, dt, the number of relaxation steps up to
+    ``max_relax``) are passed to the compiled binary at run time.
+    """
+
+    sizes: tuple
+    loss: str
+    feedback: str
+    derivative: bool
+    ordering: str
+    record_variables: tuple
+    record_every: int
+    max_relax: int
+    n_samples: int = 1
+
+    @property
+    def n_layers(self) -> int:
+        """Number of weight layers ``L``."""
+        return len(self.sizes) - 1
+
+    @property
+    def steps_per_sample(self) -> int:
+        """Clock steps per sample: the forward sweep plus ``max_relax`` relaxation steps."""
+        return self.max_relax + 1
+
+    def rule(self) -> FeedbackRule:
+        """The feedback rule object of this topology."""
+        return get_rule(self.feedback, derivative=self.derivative)
+
+
+def topology_from_config(config: dict, max_relax: int | None = None, n_samples: int = 1) -> Topology:
+    """Extract the build key of a resolved config."""
+    from .config import n_relax_steps
+
+    return Topology(
+        sizes=tuple(config["sizes"]),
+        loss=config["loss"],
+        feedback=config["feedback"],
+        derivative=bool(config["derivative"]),
+        ordering=config["ordering"],
+        record_variables=tuple(config["record.variables"]),
+        record_every=int(config["record.every"]),
+        max_relax=int(max_relax if max_relax is not None else n_relax_steps(config)),
+        n_samples=n_samples,
+    )
+
+
+def projection_indices(n_pre: int, n_post: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pre and post indices of a dense projection, synapse k = post * n_pre + pre.
+
+    With this order ``w`` is ``W.ravel()`` for ``W`` of shape ``(n_post, n_pre)``.
+    """
+    return np.tile(np.arange(n_pre), n_post), np.repeat(np.arange(n_post), n_pre)
+
+
+@dataclass
+class BuiltNetwork:
+    """The Brian2 objects of one network, by role."""
+
+    network: Network
+    layers: list
+    projections: list
+    monitors: dict = field(default_factory=dict)
+    input_values: TimedArray | None = None
+    target_values: TimedArray | None = None
+    duration: float = 0.0
+
+
+def build_network(topo: Topology) -> BuiltNetwork:
+    """Create (but do not run) the Brian2 objects for ``topo``.
+
+    Returns
+    -------
+    BuiltNetwork
+        The layers ``layer0..layerL``, projections ``proj0..proj{L-1}``, the
+        input/target `TimedArray` s (one row per sample) and the monitors.
+    """
+    n_layers = topo.n_layers
+    steps = topo.steps_per_sample
+    sample_dt = steps * DT_INTERNAL * second
+    input_values = TimedArray(np.zeros((topo.n_samples, topo.sizes[0])), dt=sample_dt, name="input_values")
+    target_values = TimedArray(np.zeros((topo.n_samples, topo.sizes[-1])), dt=sample_dt, name="target_values")
+    namespace = {"input_values": input_values, "target_values": target_values, **brian_functions()}
+    rule = topo.rule()
+    clock = Clock(dt=DT_INTERNAL * second, name="arsim_clock")
+
+    layers = []
+    for index, size in enumerate(topo.sizes):
+        order = 0 if topo.ordering == "synchronous" else 2 * (n_layers - index)
+        group = NeuronGroup(
+            size,
+            neuron_equations(),
+            method="euler",
+            namespace=namespace,
+            order=order,
+            clock=clock,
+            name=f"layer{index}",
+        )
+        group.hidden = 1.0 if 0 < index < n_layers else 0.0
+        group.tau = 10 * DT_INTERNAL * second
+        group.n_relax = topo.max_relax
+        group.steps_per_sample = steps
+        group.act_kind = ACTIVATION_CODES["tanh"]
+        group.act_slope = 0.01
+        role = "input" if index == 0 else ("output" if index == n_layers else "hidden")
+        code = store_code(role, loss=topo.loss)
+        group.run_regularly(code, dt=sample_dt, when="start", order=3 * index, name=f"layer{index}_store")
+        layers.append(group)
+
+    projections = []
+    for index in range(n_layers):
+        pre, post = layers[index], layers[index + 1]
+        model = ["w : 1", rule.synapse_equations, "a_post = w * xbar_pre : 1 (summed)"]
+        if index >= 1:  # the input layer does not relax: no feedback into it
+            model.append(f"fb_pre = {rule.feedback_expression()} : 1 (summed)")
+        syn = Synapses(pre, post, model="\n".join(m for m in model if m), clock=clock, name=f"proj{index}")
+        i, j = projection_indices(len(pre), len(post))
+        syn.connect(i=i, j=j)
+        forward_sum = syn.summed_updaters["a_post"]
+        forward_sum.when, forward_sum.order = "start", 3 * (index + 1) - 2
+        projections.append(syn)
+
+    extra = []
+    if topo.loss == "ce":
+        out = layers[-1]
+        norm = Synapses(out, out, model="zsum_post = exp(u_pre - u_post) : 1 (summed)", clock=clock, name="softmax_norm")
+        norm.connect()
+        norm_sum = norm.summed_updaters["zsum_post"]
+        norm_sum.when, norm_sum.order = "start", 3 * n_layers - 1
+        extra.append(norm)
+
+    monitors = {}
+    if topo.record_variables:
+        for index in range(1, n_layers + 1):
+            monitors[index] = StateMonitor(
+                layers[index],
+                list(topo.record_variables),
+                record=True,
+                dt=topo.record_every * DT_INTERNAL * second,
+                when="end",
+                name=f"monitor{index}",
+            )
+
+    network = Network(*layers, *projections, *extra, *monitors.values())
+    return BuiltNetwork(
+        network=network,
+        layers=layers,
+        projections=projections,
+        monitors=monitors,
+        input_values=input_values,
+        target_values=target_values,
+        duration=topo.n_samples * steps * DT_INTERNAL,
+    )

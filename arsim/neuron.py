@@ -1,0 +1,82 @@
+"""The one rate-neuron type shared by every layer.
+
+Parameter card (NEST style)
+
+==================  ======  ==============  ===========  ===========================================
+Parameter           Unit    Math            Default      Description
+==================  ======  ==============  ===========  ===========================================
+``x``               1       x^l_i           xbar         relaxing activity; equals dL/dxbar at rest
+``xbar``            1       xbar^l_i        --           stored forward activity f(a + b)
+``fp``              1       f'(a^l_i)       --           stored local derivative
+``a``               1       (W xbar)_i      --           forward drive (summed by the projection)
+``fb``              1       (B (x fp))_i    --           feedback drive (summed by the projection)
+``b``               1       b^{l-1}_i       0            bias of the projection into this layer
+``zsum``            1       sum_k e^{u_k-u_i} --         softmax normaliser (ce output only)
+``hidden``          1       --              0 or 1       1 if the unit relaxes (hidden layers)
+``act_kind``        1       f               tanh         activation code (``ACTIVATION_CODES``, shared)
+``act_slope``       1       --              0.01         negative slope of leaky_relu (shared)
+``tau``             second  tau             10 ms        relaxation time constant (shared)
+``n_relax``         1       N               duration/dt  relaxation steps per sample (shared)
+``steps_per_sample`` 1      S               N + 1        clock steps per sample (shared)
+==================  ======  ==============  ===========  ===========================================
+
+The dynamics are those of SPEC section 2,
+
+    tau dx/dt = relaxing * (-x + fb),
+
+where ``relaxing`` is 1 for hidden units during the relaxation steps of a
+sample and 0 otherwise (input, output clamp, forward-sweep step). Phases are
+gated by the integer step counter ``t_in_timesteps`` of the single network
+clock, never by a second clock, so phases cannot drift.
+"""
+
+from __future__ import annotations
+
+from brian2 import Equations
+
+__all__ = ["NEURON_EQUATIONS", "neuron_equations", "store_code"]
+
+NEURON_EQUATIONS = """
+dx/dt = relaxing * (fb - x) / tau : 1
+relaxing = hidden * int(step_in_sample >= 1) * int(step_in_sample <= n_relax) : 1
+step_in_sample = t_in_timesteps % steps_per_sample : integer
+u = a + b : 1
+a : 1
+fb : 1
+zsum : 1
+xbar : 1
+fp : 1
+b : 1 (constant)
+hidden : 1 (constant)
+act_kind : integer (shared, constant)
+act_slope : 1 (shared, constant)
+tau : second (shared, constant)
+n_relax : integer (shared, constant)
+steps_per_sample : integer (shared, constant)
+"""
+
+
+def neuron_equations() -> Equations:
+    """Return the `Equations` of the arsim rate neuron."""
+    return Equations(NEURON_EQUATIONS)
+
+
+def store_code(role: str, loss: str = "mse") -> str:
+    """Code run once per sample, at the forward sweep, to store the forward state.
+
+    Parameters
+    ----------
+    role : {"input", "hidden", "output"}
+        The layer's role.
+    loss : {"mse", "ce"}
+        Loss, which decides the output clamp ``x = e`` (SPEC section 1).
+    """
+    if role == "input":
+        return "xbar = input_values(t, i)\nfp = 1.0\nx = xbar"
+    forward = "xbar = act_f(u, act_kind, act_slope)\nfp = act_fp(u, act_kind, act_slope)"
+    if role == "hidden":
+        return forward + "\nx = xbar"
+    if loss == "mse":
+        return forward + "\nx = 2.0*(xbar - target_values(t, i))"
+    # ce: softmax written as 1 / sum_k exp(u_k - u_i), which cannot overflow
+    return "xbar = 1.0/zsum\nfp = 1.0\nx = xbar - target_values(t, i)"

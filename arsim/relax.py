@@ -1,0 +1,255 @@
+"""One relaxation experiment: draw a network, relax it in Brian2, compare with BP.
+
+``run_relaxation(config)`` draws weights, input and target from the config's
+seed, runs the forward sweep and the backward relaxation in the compiled
+Brian2 network, and measures the relaxed state and AR's weight gradient
+against the backprop oracle (SPEC section 4).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import metrics, oracle
+from .activations import ACTIVATION_CODES, get_activation
+from .config import n_relax_steps
+from .devices import Runner, get_runner
+from .network import DT_INTERNAL, Topology, topology_from_config
+
+__all__ = ["Problem", "draw_problem", "run_relaxation", "RelaxResult", "network_params", "layer_table"]
+
+
+@dataclass
+class Problem:
+    """Parameters, input and target of one relaxation experiment."""
+
+    W: list
+    b: list
+    B: list
+    x_in: np.ndarray
+    target: np.ndarray
+
+
+def draw_problem(config: dict) -> Problem:
+    """Draw weights, biases, backward weights, input and target from ``config["seed"]``.
+
+    Forward weights ``N(0, init_std^2)``; biases the same when ``bias`` is on
+    (zeros otherwise); ``B`` by the feedback rule; the input ``N(0, 1)`` or
+    ``U[0, 1)``; the target a random one-hot vector.
+    """
+    rng = np.random.default_rng(config["seed"])
+    sizes = config["sizes"]
+    n_layers = len(sizes) - 1
+    W = [rng.normal(0.0, config["init_std"], size=(sizes[l + 1], sizes[l])) for l in range(n_layers)]
+    if config["bias"]:
+        b = [rng.normal(0.0, config["init_std"], size=sizes[l + 1]) for l in range(n_layers)]
+    else:
+        b = [np.zeros(sizes[l + 1]) for l in range(n_layers)]
+    topo_rule = topology_from_config(config).rule()
+    B = topo_rule.initial_backward(W, rng, config["feedback_std"])
+    if config["input"] == "normal":
+        x_in = rng.normal(0.0, 1.0, size=sizes[0])
+    else:
+        x_in = rng.uniform(0.0, 1.0, size=sizes[0])
+    target = np.zeros(sizes[-1])
+    target[rng.integers(sizes[-1])] = 1.0
+    return Problem(W=W, b=b, B=B, x_in=x_in, target=target)
+
+
+def network_params(topo: Topology, config: dict, problem: Problem, n_relax: int | None = None) -> dict:
+    """Run-time parameters of the compiled network for one experiment."""
+    eta = config["dt"] / config["tau"]
+    n_relax = n_relax_steps(config) if n_relax is None else n_relax
+    if n_relax > topo.max_relax:
+        raise ValueError(f"{n_relax} relaxation steps requested; the build holds at most {topo.max_relax}")
+    params = {
+        "input_values": problem.x_in,
+        "target_values": problem.target,
+    }
+    for layer in range(topo.n_layers + 1):
+        kind = config["output_activation"] if layer == topo.n_layers else config["activation"]
+        params[f"layer{layer}.act_kind"] = np.array([ACTIVATION_CODES[kind]])
+        params[f"layer{layer}.act_slope"] = np.array([config["leaky_slope"]])
+        params[f"layer{layer}.tau"] = np.array([DT_INTERNAL / eta])
+        params[f"layer{layer}.n_relax"] = np.array([n_relax])
+        if layer >= 1:
+            params[f"layer{layer}.b"] = problem.b[layer - 1]
+    rule = topo.rule()
+    for layer in range(topo.n_layers):
+        params[f"proj{layer}.w"] = problem.W[layer].ravel()
+        if rule.backward_variable == "wb":
+            # synapse k = (post, pre) holds B[pre, post]
+            params[f"proj{layer}.wb"] = problem.B[layer].T.ravel()
+    return params
+
+
+@dataclass
+class RelaxResult:
+    """Everything one relaxation produced, with its BP comparison."""
+
+    config: dict
+    problem: Problem
+    xbar: list
+    fp: list
+    x: list
+    t: np.ndarray
+    xtrace: list
+    dW: list
+    db: list
+    bp: oracle.Gradients
+    B_used: list
+    layers: list = field(default_factory=list)
+    compile_seconds: float = 0.0
+    run_seconds: float = 0.0
+
+    def arrays(self) -> dict:
+        """The arrays of the ``--save`` file (keys documented in the README)."""
+        out = {"x_in": self.problem.x_in, "target": self.problem.target, "t": self.t}
+        n_layers = len(self.problem.W)
+        for l in range(n_layers):
+            out[f"W{l}"] = self.problem.W[l]
+            out[f"b{l}"] = self.problem.b[l]
+            out[f"B{l}"] = self.B_used[l]
+            out[f"dW{l}"] = self.dW[l]
+            out[f"db{l}"] = self.db[l]
+        for l in range(n_layers + 1):
+            out[f"xbar{l}"] = self.xbar[l]
+        for l in range(1, n_layers + 1):
+            out[f"x{l}"] = self.x[l]
+            out[f"xtrace{l}"] = self.xtrace[l]
+        return out
+
+
+def layer_table(result: RelaxResult) -> list:
+    """Per-layer comparison with BP: one dict per layer ``l = 1..L``.
+
+    Keys: ``layer``, ``units``, ``x_rel_error`` (final x^l vs dL/dxbar^l),
+    ``t_conv_tau`` (convergence time of x^l in tau, inf if not reached),
+    ``x_rel_error_at_report`` (relative error at ``report_tau``, NaN if that
+    time was not simulated or recorded),
+    ``dW_cosine``, ``dW_angle_deg``, ``dW_rel_error`` (for ``W^{l-1}``).
+    """
+    rows = []
+    threshold = result.config["threshold"]
+    n_layers = len(result.problem.W)
+    for l in range(1, n_layers + 1):
+        target = result.bp.dxbar[l]
+        errors = metrics.relative_error_trace(result.xtrace[l], target)
+        at_report = np.nonzero(np.isclose(result.t, result.config["report_tau"], rtol=1e-9, atol=1e-12))[0]
+        rows.append(
+            {
+                "layer": l,
+                "units": int(result.xbar[l].size),
+                "role": "output clamp" if l == n_layers else "hidden",
+                "x_rel_error": metrics.relative_error(result.x[l], target),
+                "t_conv_tau": metrics.convergence_time(result.t, errors, threshold),
+                "x_rel_error_at_report": float(errors[at_report[0]]) if at_report.size else float("nan"),
+                "dW_cosine": metrics.cosine(result.dW[l - 1], result.bp.dW[l - 1]),
+                "dW_angle_deg": metrics.angle_deg(result.dW[l - 1], result.bp.dW[l - 1]),
+                "dW_rel_error": metrics.relative_error(result.dW[l - 1], result.bp.dW[l - 1]),
+            }
+        )
+    result.layers = rows
+    return rows
+
+
+def check_finite(raw: dict, steps: np.ndarray, eta: float) -> None:
+    """Raise FloatingPointError naming the step and layer where NaN/Inf first appeared.
+
+    Parameters
+    ----------
+    raw : dict
+        Runner results (``monitor{l}.x`` traces and final ``layer{l}.*`` states).
+    steps : ndarray
+        Relaxation step of every monitor record.
+    eta : float
+        ``dt / tau``, to state the time in units of tau.
+    """
+    n_layers = sum(1 for key in raw if key.startswith("layer") and key.endswith(".xbar")) - 1
+    for layer in range(n_layers + 1):
+        if not np.all(np.isfinite(raw[f"layer{layer}.xbar"])):
+            raise FloatingPointError(f"NaN/Inf in the forward activity xbar of layer {layer} (forward sweep, step 0)")
+    first = None
+    for key, value in raw.items():
+        if not key.startswith("monitor") or key.endswith((".t", ".N")):
+            continue
+        bad_rows = np.nonzero(~np.all(np.isfinite(value), axis=1))[0]
+        if not bad_rows.size:
+            continue
+        layer, step = int(key.split(".")[0][len("monitor"):]), int(steps[bad_rows[0]])
+        # the forward sweep (step 0) carries a bad value upwards and the
+        # relaxation carries it downwards: report the layer where it started
+        if first is None or step < first[0] or (step == first[0] and (layer < first[1]) == (step == 0)):
+            first = (step, layer)
+    if first is not None:
+        raise FloatingPointError(
+            f"NaN/Inf in layer {first[1]} first recorded at relaxation step {first[0]} (t = {first[0] * eta:g} tau)"
+        )
+    for key, value in raw.items():
+        if key.startswith("layer") and not np.all(np.isfinite(value)):
+            raise FloatingPointError(f"NaN/Inf in {key} at the end of the relaxation")
+
+
+def run_relaxation(config: dict, device: str = "cpp", runner: Runner | None = None) -> RelaxResult:
+    """Relax one network in Brian2 and compare with the oracle.
+
+    Parameters
+    ----------
+    config : dict
+        Resolved model config (`arsim.config.load`).
+    device : {"cpp", "runtime"}
+        Brian2 device, ignored if ``runner`` is given.
+    runner : Runner, optional
+        A compiled network to reuse (its topology may allow more steps).
+    """
+    import time
+
+    topo = runner.topology if runner is not None else topology_from_config(config)
+    runner = runner or get_runner(topo, device)
+    problem = draw_problem(config)
+    eta = config["dt"] / config["tau"]
+    n_relax = n_relax_steps(config)
+    started = time.perf_counter()
+    raw = runner.run(network_params(topo, config, problem, n_relax))
+    run_seconds = time.perf_counter() - started
+
+    n_layers = topo.n_layers
+    steps_recorded = np.rint(raw[f"monitor{n_layers}.t"] / DT_INTERNAL).astype(int) if topo.record_variables else np.zeros(0, int)
+    keep = steps_recorded <= n_relax
+    t = steps_recorded[keep] * eta
+    xtrace = [None] + [raw[f"monitor{l}.x"][keep] for l in range(1, n_layers + 1)]
+    check_finite(raw, steps_recorded, eta)
+
+    xbar = [raw[f"layer{l}.xbar"] for l in range(n_layers + 1)]
+    fp = [raw[f"layer{l}.fp"] for l in range(n_layers + 1)]
+    x = [raw[f"layer{l}.x"] for l in range(n_layers + 1)]
+    dW = [np.outer(x[l + 1] * fp[l + 1], xbar[l]) for l in range(n_layers)]
+    db = [x[l + 1] * fp[l + 1] for l in range(n_layers)]
+    hidden = get_activation(config["activation"], config["leaky_slope"])
+    output = get_activation(config["output_activation"], config["leaky_slope"])
+    fwd = oracle.forward(problem.W, problem.b, problem.x_in, hidden, output, config["loss"])
+    bp = oracle.backward(problem.W, fwd, problem.target, config["loss"])
+    rule = topo.rule()
+    wb = None
+    if rule.backward_variable == "wb":
+        wb = [raw[f"proj{l}.wb"].reshape(topo.sizes[l + 1], topo.sizes[l]).T for l in range(n_layers)]
+    W_now = [raw[f"proj{l}.w"].reshape(topo.sizes[l + 1], topo.sizes[l]) for l in range(n_layers)]
+    result = RelaxResult(
+        config=config,
+        problem=problem,
+        xbar=xbar,
+        fp=fp,
+        x=x,
+        t=t,
+        xtrace=xtrace,
+        dW=dW,
+        db=db,
+        bp=bp,
+        B_used=rule.backward_matrices(W_now, wb),
+        compile_seconds=getattr(runner, "compile_seconds", 0.0),
+        run_seconds=run_seconds,
+    )
+    layer_table(result)
+    return result

@@ -1,0 +1,45 @@
+"""Shared fixtures: one build directory per test session, builds shared by topology."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from arsim.config import resolve
+from arsim.devices import get_runner
+from arsim.network import topology_from_config
+from arsim.relax import run_relaxation
+
+#: every relaxation test compiles for this many steps and runs fewer via run-time n_relax
+MAX_RELAX = 300
+SMALL_NET = [6, 5, 4, 3, 2]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def build_dir(tmp_path_factory):
+    """Compile into a session-private cache (also seen by CLI subprocesses)."""
+    path = tmp_path_factory.mktemp("arsim_builds")
+    old = os.environ.get("ARSIM_BUILD_DIR")
+    os.environ["ARSIM_BUILD_DIR"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("ARSIM_BUILD_DIR", None)
+    else:
+        os.environ["ARSIM_BUILD_DIR"] = old
+
+
+@pytest.fixture(scope="session")
+def relax(build_dir):
+    """``relax(**keys)`` relaxes a small net in Brian2, sharing builds by topology."""
+    runners = {}
+
+    def run(device="cpp", **keys):
+        config = resolve({"sizes": SMALL_NET, "init_std": 0.5, "duration": 300.0, **keys})
+        topo = topology_from_config(config, max_relax=MAX_RELAX)
+        key = (topo, device)
+        if key not in runners:
+            runners[key] = get_runner(topo, device)
+        return run_relaxation(config, runner=runners[key])
+
+    return run
