@@ -110,6 +110,10 @@ SCHEMA: dict[str, Key] = {
     "feedback": Key(str, "transpose", _one_of(*FEEDBACK_RULES), "backward weights in the relaxation", shape_key=True),
     "derivative": Key(bool, True, None, "multiply the feedback by f'(a) of the layer above", shape_key=True),
     "ordering": Key(str, "synchronous", _one_of("synchronous", "sequential"), "layer update order within a step", shape_key=True),
+    "initial_state": Key(
+        str, "forward", _one_of("forward", "zero"), "hidden x(0): the forward activity xbar (AR) or 0 (cold start, closed-form error law)"
+    ),
+    "allow_unstable": Key(bool, False, None, "permit dt/tau >= 2 (up to 4) to study the Euler stability boundary"),
     "threshold": Key(float, 1e-3, _positive, "relative-error threshold of the convergence time"),
     "report_tau": Key(float, 10.0, _positive, "also tabulate x^l's relative error at this time (the paper's 100 steps at dt/tau 0.1)", unit="tau"),
     "record.variables": Key(list, ["x"], _record_variables, "variables recorded during relaxation", shape_key=True),
@@ -187,10 +191,15 @@ def resolve(raw: dict, source: str = "config") -> dict:
 
 def _check_relations(config: dict, source: str) -> None:
     eta = config["dt"] / config["tau"]
-    if not eta < 2.0:
+    if config["allow_unstable"] and not eta <= 4.0:
         raise ConfigError(
             f"{source}: dt = {config['dt']!r} ms with tau = {config['tau']!r} ms gives dt/tau = {eta:.6g};"
-            " expected 0 < dt/tau < 2 (forward Euler is unstable beyond 2)"
+            " expected 0 < dt/tau <= 4 even with allow_unstable = true"
+        )
+    if not config["allow_unstable"] and not eta < 2.0:
+        raise ConfigError(
+            f"{source}: dt = {config['dt']!r} ms with tau = {config['tau']!r} ms gives dt/tau = {eta:.6g};"
+            " expected 0 < dt/tau < 2 (forward Euler is unstable beyond 2; set allow_unstable = true to study that)"
         )
     steps = config["duration"] / config["dt"]
     if abs(steps - round(steps)) > 1e-9 * max(1.0, steps) or round(steps) < 1:

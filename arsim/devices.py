@@ -45,7 +45,7 @@ from .network import Topology, build_network
 __all__ = ["Runner", "StandaloneRunner", "RuntimeRunner", "build_cache_dir", "get_runner", "BUILD_COUNTER"]
 
 #: neuron variables replaced at run time (all but ``b`` are shared scalars)
-RUNTIME_NEURON_PARAMETERS = ("b", "tau", "n_relax", "act_kind", "act_slope")
+RUNTIME_NEURON_PARAMETERS = ("b", "tau", "n_relax", "act_kind", "act_slope", "x_start")
 _INTEGER_PARAMETERS = ("n_relax", "act_kind")
 
 #: number of compilations done by this process (tests count builds with it)

@@ -152,6 +152,7 @@ def build_network(topo: Topology) -> BuiltNetwork:
         group.steps_per_sample = steps
         group.act_kind = ACTIVATION_CODES["tanh"]
         group.act_slope = 0.01
+        group.x_start = 1.0
         role = "input" if index == 0 else ("output" if index == n_layers else "hidden")
         code = store_code(role, loss=topo.loss)
         group.run_regularly(code, dt=sample_dt, when="start", order=3 * index, name=f"layer{index}_store")

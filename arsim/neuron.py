@@ -15,6 +15,7 @@ Parameter           Unit    Math            Default      Description
 ``hidden``          1       --              0 or 1       1 if the unit relaxes (hidden layers)
 ``act_kind``        1       f               tanh         activation code (``ACTIVATION_CODES``, shared)
 ``act_slope``       1       --              0.01         negative slope of leaky_relu (shared)
+``x_start``         1       --              1            x(0) = x_start * xbar (1: AR, 0: cold start)
 ``tau``             second  tau             10 ms        relaxation time constant (shared)
 ``n_relax``         1       N               duration/dt  relaxation steps per sample (shared)
 ``steps_per_sample`` 1      S               N + 1        clock steps per sample (shared)
@@ -50,6 +51,7 @@ b : 1 (constant)
 hidden : 1 (constant)
 act_kind : integer (shared, constant)
 act_slope : 1 (shared, constant)
+x_start : 1 (shared, constant)
 tau : second (shared, constant)
 n_relax : integer (shared, constant)
 steps_per_sample : integer (shared, constant)
@@ -75,7 +77,7 @@ def store_code(role: str, loss: str = "mse") -> str:
         return "xbar = input_values(t, i)\nfp = 1.0\nx = xbar"
     forward = "xbar = act_f(u, act_kind, act_slope)\nfp = act_fp(u, act_kind, act_slope)"
     if role == "hidden":
-        return forward + "\nx = xbar"
+        return forward + "\nx = x_start * xbar"
     if loss == "mse":
         return forward + "\nx = 2.0*(xbar - target_values(t, i))"
     # ce: softmax written as 1 / sum_k exp(u_k - u_i), which cannot overflow

@@ -14,7 +14,7 @@ __all__ = ["relax_euler", "fixed_point"]
 
 
 def relax_euler(B, xbar, fp, e, eta: float, n_steps: int, derivative: bool = True,
-                ordering: str = "synchronous", record_every: int = 1):
+                ordering: str = "synchronous", record_every: int = 1, x_start: float = 1.0):
     """Integrate ``x <- x + eta (-x + B^l (x^{l+1} [* fp^{l+1}]))`` for the hidden layers.
 
     Parameters
@@ -37,6 +37,8 @@ def relax_euler(B, xbar, fp, e, eta: float, n_steps: int, derivative: bool = Tru
         Gauss-Seidel using the layer above's new value.
     record_every : int
         Keep the state every this many steps (step 0 is the initial state).
+    x_start : float
+        Hidden layers start at ``x_start * xbar`` (1: AR, 0: cold start).
 
     Returns
     -------
@@ -48,6 +50,8 @@ def relax_euler(B, xbar, fp, e, eta: float, n_steps: int, derivative: bool = Tru
     """
     n_layers = len(xbar) - 1
     x = [np.array(v, dtype=np.float64) for v in xbar]
+    for l in range(1, n_layers):
+        x[l] = x_start * x[l]
     x[n_layers] = np.array(e, dtype=np.float64)
     trace = [None] + [[x[l].copy()] for l in range(1, n_layers + 1)]
 

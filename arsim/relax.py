@@ -73,6 +73,7 @@ def network_params(topo: Topology, config: dict, problem: Problem, n_relax: int 
         params[f"layer{layer}.act_kind"] = np.array([ACTIVATION_CODES[kind]])
         params[f"layer{layer}.act_slope"] = np.array([config["leaky_slope"]])
         params[f"layer{layer}.tau"] = np.array([DT_INTERNAL / eta])
+        params[f"layer{layer}.x_start"] = np.array([1.0 if config["initial_state"] == "forward" else 0.0])
         params[f"layer{layer}.n_relax"] = np.array([n_relax])
         if layer >= 1:
             params[f"layer{layer}.b"] = problem.b[layer - 1]

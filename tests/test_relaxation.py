@@ -115,3 +115,21 @@ def test_runtime_device_equals_standalone(relax):
     runtime = relax(device="runtime", duration=20.0, bias=True, loss="ce", output_activation="linear")
     for layer in range(1, len(cpp.x)):
         np.testing.assert_allclose(runtime.xtrace[layer], cpp.xtrace[layer], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("eta", [0.1, 0.5])
+def test_cold_start_error_is_the_binomial_tail(relax, eta):
+    """From x(0) = 0 the layer k below the top has relative error P(Bin(n, eta) <= k) after n steps.
+
+    Error recursion e_l(n+1) = (1-eta) e_l(n) + eta A_l e_{l+1}(n) with e_l(0) = -g_l and
+    A_l g_{l+1} = g_l gives e_l(n) = -g_l sum_{j<=k} C(n,j) eta^j (1-eta)^(n-j) exactly.
+    """
+    from scipy.stats import binom
+
+    res = relax(initial_state="zero", dt=eta * 10.0, tau=10.0, duration=eta * 10.0 * 60, bias=True)
+    top = len(res.x) - 2
+    n = np.arange(61)
+    for k, layer in enumerate(range(top, 0, -1)):
+        g = res.bp.dxbar[layer]
+        err = np.linalg.norm(res.xtrace[layer] - g, axis=1) / np.linalg.norm(g)
+        np.testing.assert_allclose(err, binom.cdf(k, n, eta), rtol=1e-9, atol=1e-14)
