@@ -82,6 +82,29 @@ def _cmd_relax(args) -> int:
     return 0
 
 
+def _cmd_train(args) -> int:
+    from . import config as config_mod
+    from .experiment import train
+
+    overrides = list(args.set)
+    if args.epochs is not None:
+        overrides.append(f"train.epochs={args.epochs}")
+    config = config_mod.load(args.model, overrides)
+    out = Path(args.out) if args.out else Path("runs") / f"{config['name']}-{config['train.rule']}-seed{config['seed']}"
+    summary = train(config, out, resume=args.resume, device=args.device, progress=not args.quiet)
+    last = summary.rows[-1]
+    print(
+        f"{config['name']} ({config['train.rule']}, feedback {config['feedback']}, derivative {config['derivative']}):"
+        f" epoch {last['epoch']}: train loss {last['train_loss']:.4g}, train acc {last['train_accuracy']:.4f},"
+        f" test acc {last['test_accuracy']:.4f}"
+    )
+    print(
+        f"throughput {summary.samples_per_second:.1f} samples/s (compile {summary.compile_seconds:.1f} s separate);"
+        f" results in {out}/"
+    )
+    return 0
+
+
 def _json_safe(value):
     if isinstance(value, float):
         return None if not math.isfinite(value) else value
@@ -99,6 +122,16 @@ def build_parser() -> argparse.ArgumentParser:
     relax.add_argument("--json", action="store_true", help="print the per-layer table as JSON")
     relax.add_argument("--device", choices=("cpp", "runtime"), default="cpp", help="Brian2 device (default cpp_standalone)")
     relax.set_defaults(func=_cmd_relax)
+
+    train = sub.add_parser("train", help="train on a data set with AR (Brian2) or the BP baseline")
+    train.add_argument("model", help="model file (TOML), e.g. models/digits_ar.toml")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a model key")
+    train.add_argument("--epochs", type=int, metavar="N", help="train for N epochs (overrides train.epochs)")
+    train.add_argument("--out", metavar="DIR", help="output directory (default runs/NAME-RULE-seedSEED)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its last complete epoch")
+    train.add_argument("--device", choices=("cpp", "runtime"), default="cpp", help="Brian2 device (default cpp_standalone)")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(func=_cmd_train)
     return parser
 
 

@@ -75,6 +75,12 @@ def _at_least_one(value):
     return None if value >= 1 else "an integer >= 1"
 
 
+def _data_spec(value):
+    if value in ("digits", "mnist5k") or (value.startswith("idx:") and len(value) > 4):
+        return None
+    return "'digits', 'mnist5k' or 'idx:DIRECTORY'"
+
+
 def _sizes(value):
     if len(value) < 2:
         return "a list of at least 2 layer sizes (input and output)"
@@ -110,6 +116,11 @@ SCHEMA: dict[str, Key] = {
     "feedback": Key(str, "transpose", _one_of(*FEEDBACK_RULES), "backward weights in the relaxation", shape_key=True),
     "derivative": Key(bool, True, None, "multiply the feedback by f'(a) of the layer above", shape_key=True),
     "ordering": Key(str, "synchronous", _one_of("synchronous", "sequential"), "layer update order within a step", shape_key=True),
+    "forward": Key(
+        str, "frozen", _one_of("frozen", "relaxed"),
+        "frozen: relaxation and update use the stored xbar, f'(a) (AR); relaxed: the current x and f'(W x + b) (follow-up paper)",
+        shape_key=True,
+    ),
     "initial_state": Key(
         str, "forward", _one_of("forward", "zero"), "hidden x(0): the forward activity xbar (AR) or 0 (cold start, closed-form error law)"
     ),
@@ -118,6 +129,14 @@ SCHEMA: dict[str, Key] = {
     "report_tau": Key(float, 10.0, _positive, "also tabulate x^l's relative error at this time (the paper's 100 steps at dt/tau 0.1)", unit="tau"),
     "record.variables": Key(list, ["x"], _record_variables, "variables recorded during relaxation", shape_key=True),
     "record.every": Key(int, 1, _at_least_one, "record every this many steps", shape_key=True),
+    "train.data": Key(str, "digits", _data_spec, "training data: digits, mnist5k or idx:DIRECTORY (MNIST/Fashion-MNIST IDX files)"),
+    "train.epochs": Key(int, 10, _at_least_one, "training epochs"),
+    "train.batch_size": Key(int, 64, _at_least_one, "samples per update (updates summed over the batch)"),
+    "train.lr": Key(float, 5e-4, _positive, "SGD learning rate (summed loss)"),
+    "train.test_fraction": Key(float, 0.2, lambda v: None if 0 < v < 1 else "a number in (0, 1)", "held-out fraction for digits and mnist5k"),
+    "train.max_samples": Key(int, 0, _non_negative_int, "use at most this many training samples (0: all)"),
+    "train.align_every": Key(int, 10, _non_negative_int, "measure the update's angle to BP every this many batches (0: never)"),
+    "train.rule": Key(str, "ar", _one_of("ar", "bp"), "ar: the Brian2 AR simulation with feedback/derivative; bp: the numpy backprop baseline"),
 }
 
 

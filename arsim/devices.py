@@ -45,8 +45,8 @@ from .network import Topology, build_network
 __all__ = ["Runner", "StandaloneRunner", "RuntimeRunner", "build_cache_dir", "get_runner", "BUILD_COUNTER"]
 
 #: neuron variables replaced at run time (all but ``b`` are shared scalars)
-RUNTIME_NEURON_PARAMETERS = ("b", "tau", "n_relax", "act_kind", "act_slope", "x_start")
-_INTEGER_PARAMETERS = ("n_relax", "act_kind")
+RUNTIME_NEURON_PARAMETERS = ("b", "tau", "n_relax", "act_kind", "act_slope", "x_start", "lr", "batch_size", "learn_bias")
+_INTEGER_PARAMETERS = ("n_relax", "act_kind", "batch_size")
 
 #: number of compilations done by this process (tests count builds with it)
 BUILD_COUNTER = {"compiled": 0}
@@ -61,10 +61,30 @@ def build_cache_dir() -> Path:
     return Path(base) / "arsim" / "builds"
 
 
+#: modules whose code ends up in the compiled network
+_MODEL_SOURCES = ("network.py", "neuron.py", "rules.py", "activations.py", "devices.py")
+
+
+def _model_source_digest() -> str:
+    """Digest of the modules that generate the network.
+
+    Part of the build key, so an edit to the model code (a new release or a
+    development checkout) can never run a stale binary from the cache.
+    """
+    here = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for name in _MODEL_SOURCES:
+        digest.update((here / name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def _topology_hash(topo: Topology) -> str:
     import brian2
 
-    payload = json.dumps({"topology": asdict(topo), "brian2": brian2.__version__, "arsim": __version__}, sort_keys=True)
+    payload = json.dumps(
+        {"topology": asdict(topo), "brian2": brian2.__version__, "arsim": __version__, "source": _model_source_digest()},
+        sort_keys=True,
+    )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -91,7 +111,7 @@ def _result_variables(built):
         for var in ("w", "wb"):
             if var in syn.variables:
                 out[f"{syn.name}.{var}"] = syn.variables[var]
-    for mon in built.monitors.values():
+    for mon in (*built.monitors.values(), *built.align_monitors.values()):
         out[f"{mon.name}.t"] = mon.variables["t"]
         out[f"{mon.name}.N"] = mon.variables["N"]
         for var in mon.record_variables:
@@ -152,6 +172,11 @@ def _reshape_results(topo: Topology, raw: dict) -> dict:
         if name.startswith("monitor") and var not in ("t", "N"):
             layer = int(name[len("monitor"):])
             value = value.reshape(-1, topo.sizes[layer])
+        elif name.startswith("alignb") and var not in ("t", "N"):
+            value = value.reshape(-1, topo.sizes[int(name[len("alignb"):])])
+        elif name.startswith("align") and var not in ("t", "N"):
+            index = int(name[len("align"):])
+            value = value.reshape(-1, topo.sizes[index] * topo.sizes[index + 1])
         results[key] = value
     return results
 

@@ -25,6 +25,10 @@ def _atomic_path(path: Path, suffix: str):
     os.close(fd)
     try:
         yield Path(tmp)
+        # mkstemp creates the file private (0600); results are meant to be shared like any other file
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

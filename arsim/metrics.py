@@ -27,8 +27,18 @@ def _unit_scaled(v: np.ndarray) -> np.ndarray:
 
 
 def angle_deg(g: np.ndarray, g_star: np.ndarray) -> float:
-    """Angle in degrees between ``g`` and the reference ``g_star``."""
-    return float(np.degrees(np.arccos(cosine(g, g_star))))
+    """Angle in degrees between ``g`` and the reference ``g_star`` (NaN if either is zero).
+
+    Computed as ``2 atan2(|u - v|, |u + v|)`` of the unit vectors, which stays
+    accurate for tiny angles, where ``arccos`` of a float64 cosine bottoms
+    out near 1e-6 degrees (the regime of a converged relaxation).
+    """
+    u, v = _unit_scaled(g), _unit_scaled(g_star)
+    nu, nv = np.linalg.norm(u), np.linalg.norm(v)
+    if nu == 0.0 or nv == 0.0 or not np.isfinite(nu * nv):
+        return float("nan")
+    u, v = u / nu, v / nv
+    return float(np.degrees(2.0 * np.arctan2(np.linalg.norm(u - v), np.linalg.norm(u + v))))
 
 
 def relative_error(g: np.ndarray, g_star: np.ndarray) -> float:

@@ -8,7 +8,9 @@ then ``end``):
 slot       operation                                               when
 =========  =====================================================  ==========
 start      layer l stores its forward state (order 3l)             step 0 of a sample
-start      projection l-1 sums ``a`` of layer l (order 3l-2)       every step
+start      projection l-1 sums ``anow`` of layer l (order -40)     every step (forward = relaxed)
+start      training: accumulate, align monitors, apply (< 0)      step 0 of a sample
+start      projection l-1 sums ``a`` of layer l (order 3l-2)       step 0 of a sample
 start      softmax normaliser of the output (order 3L-1, ce)      every step
 groups     projection l sums ``fb`` of layer l (order o_l - 1)     every step
 groups     layer l integrates ``x`` (order o_l)                    gated by ``relaxing``
@@ -62,11 +64,19 @@ class Topology:
     record_every: int
     max_relax: int
     n_samples: int = 1
+    forward: str = "frozen"
+    train: bool = False
+    align_interval: int = 0
 
     @property
     def n_layers(self) -> int:
         """Number of weight layers ``L``."""
         return len(self.sizes) - 1
+
+    @property
+    def n_steps(self) -> int:
+        """Clock steps of one run; training adds one step that learns from the last sample."""
+        return self.n_samples * self.steps_per_sample + (1 if self.train else 0)
 
     @property
     def steps_per_sample(self) -> int:
@@ -75,7 +85,7 @@ class Topology:
 
     def rule(self) -> FeedbackRule:
         """The feedback rule object of this topology."""
-        return get_rule(self.feedback, derivative=self.derivative)
+        return get_rule(self.feedback, derivative=self.derivative, frozen_forward=self.forward == "frozen")
 
 
 def topology_from_config(config: dict, max_relax: int | None = None, n_samples: int = 1) -> Topology:
@@ -88,6 +98,7 @@ def topology_from_config(config: dict, max_relax: int | None = None, n_samples: 
         feedback=config["feedback"],
         derivative=bool(config["derivative"]),
         ordering=config["ordering"],
+        forward=config["forward"],
         record_variables=tuple(config["record.variables"]),
         record_every=int(config["record.every"]),
         max_relax=int(max_relax if max_relax is not None else n_relax_steps(config)),
@@ -111,6 +122,7 @@ class BuiltNetwork:
     layers: list
     projections: list
     monitors: dict = field(default_factory=dict)
+    align_monitors: dict = field(default_factory=dict)
     input_values: TimedArray | None = None
     target_values: TimedArray | None = None
     duration: float = 0.0
@@ -133,6 +145,7 @@ def build_network(topo: Topology) -> BuiltNetwork:
     namespace = {"input_values": input_values, "target_values": target_values, **brian_functions()}
     rule = topo.rule()
     clock = Clock(dt=DT_INTERNAL * second, name="arsim_clock")
+    sample_clock = Clock(dt=sample_dt, name="arsim_sample_clock")
 
     layers = []
     for index, size in enumerate(topo.sizes):
@@ -153,6 +166,9 @@ def build_network(topo: Topology) -> BuiltNetwork:
         group.act_kind = ACTIVATION_CODES["tanh"]
         group.act_slope = 0.01
         group.x_start = 1.0
+        group.batch_size = 1
+        if topo.train and index >= 1:
+            _add_bias_plasticity(group, sample_dt, rule)
         role = "input" if index == 0 else ("output" if index == n_layers else "hidden")
         code = store_code(role, loss=topo.loss)
         group.run_regularly(code, dt=sample_dt, when="start", order=3 * index, name=f"layer{index}_store")
@@ -161,14 +177,27 @@ def build_network(topo: Topology) -> BuiltNetwork:
     projections = []
     for index in range(n_layers):
         pre, post = layers[index], layers[index + 1]
-        model = ["w : 1", rule.synapse_equations, "a_post = w * xbar_pre : 1 (summed)"]
+        model = ["w : 1", rule.projection_equations(), "a_post = w * xbar_pre : 1 (summed)"]
+        if topo.train:
+            model.append("dw_acc : 1")
         if index >= 1:  # the input layer does not relax: no feedback into it
             model.append(f"fb_pre = {rule.feedback_expression()} : 1 (summed)")
-        syn = Synapses(pre, post, model="\n".join(m for m in model if m), clock=clock, name=f"proj{index}")
+        syn = Synapses(pre, post, model="\n".join(m for m in model if m), clock=clock, namespace=namespace, name=f"proj{index}")
         i, j = projection_indices(len(pre), len(post))
         syn.connect(i=i, j=j)
         forward_sum = syn.summed_updaters["a_post"]
         forward_sum.when, forward_sum.order = "start", 3 * (index + 1) - 2
+        # the forward sweep happens once per sample: running the sum on every
+        # relaxation step would double the synaptic work for nothing
+        forward_sum._clock = sample_clock
+        if not rule.frozen_forward:
+            # every step, before anything reads fpnow: the drive of the state the
+            # step starts from (and, at a sample's step 0, of the final relaxed state)
+            current_sum = syn.summed_updaters["anow_post"]
+            current_sum.when, current_sum.order = "start", ORDER_CURRENT_DRIVE
+        if topo.train:
+            syn.run_regularly(rule.accumulate_code(), dt=sample_dt, when="start", order=ORDER_ACCUMULATE, name=f"proj{index}_accumulate")
+            syn.run_regularly(rule.apply_code(), dt=sample_dt, when="start", order=ORDER_APPLY, name=f"proj{index}_apply")
         projections.append(syn)
 
     extra = []
@@ -192,13 +221,55 @@ def build_network(topo: Topology) -> BuiltNetwork:
                 name=f"monitor{index}",
             )
 
-    network = Network(*layers, *projections, *extra, *monitors.values())
+    align_monitors = {}
+    if topo.train and topo.align_interval:
+        # sees the batch's summed update and the weights it was computed with,
+        # between accumulation and application
+        for index, syn in enumerate(projections):
+            align_monitors[index] = StateMonitor(
+                syn,
+                ["w", "dw_acc"],
+                record=np.arange(topo.sizes[index] * topo.sizes[index + 1]),
+                dt=topo.align_interval * sample_dt,
+                when="start",
+                order=ORDER_ALIGN,
+                name=f"align{index}",
+            )
+        for index in range(1, n_layers + 1):
+            align_monitors[f"b{index}"] = StateMonitor(
+                layers[index],
+                ["b"],
+                record=True,
+                dt=topo.align_interval * sample_dt,
+                when="start",
+                order=ORDER_ALIGN,
+                name=f"alignb{index}",
+            )
+
+    network = Network(*layers, *projections, *extra, *monitors.values(), *align_monitors.values())
     return BuiltNetwork(
         network=network,
         layers=layers,
         projections=projections,
         monitors=monitors,
+        align_monitors=align_monitors,
         input_values=input_values,
         target_values=target_values,
-        duration=topo.n_samples * steps * DT_INTERNAL,
+        duration=topo.n_steps * DT_INTERNAL,
+    )
+
+
+# start-slot orders of the plasticity operations: all before the forward sweep (orders >= 0)
+ORDER_CURRENT_DRIVE, ORDER_ACCUMULATE, ORDER_ALIGN, ORDER_APPLY = -40, -30, -20, -10
+
+
+def _add_bias_plasticity(group, sample_dt, rule: FeedbackRule) -> None:
+    """Bias learning of a non-input layer: the same accumulate/apply phases as the weights."""
+    group.run_regularly(rule.bias_accumulate_code(), dt=sample_dt, when="start", order=ORDER_ACCUMULATE + 1, name=f"{group.name}_accumulate")
+    group.run_regularly(
+        "b = b - apply_update * lr * db_acc\ndb_acc = db_acc * (1 - apply_update)",
+        dt=sample_dt,
+        when="start",
+        order=ORDER_APPLY + 1,
+        name=f"{group.name}_apply",
     )

@@ -10,16 +10,28 @@ Parameter           Unit    Math            Default      Description
 ``fp``              1       f'(a^l_i)       --           stored local derivative
 ``a``               1       (W xbar)_i      --           forward drive (summed by the projection)
 ``fb``              1       (B (x fp))_i    --           feedback drive (summed by the projection)
-``b``               1       b^{l-1}_i       0            bias of the projection into this layer
+``anow``            1       (W x)_i         --           current drive (summed; relaxed forward pass only)
+``fpnow``           1       f'(anow+b)      --           derivative at the current state (relaxed forward pass)
+``b``               1       b^{l-1}_i       0            bias of the projection into this layer (learns)
 ``zsum``            1       sum_k e^{u_k-u_i} --         softmax normaliser (ce output only)
 ``hidden``          1       --              0 or 1       1 if the unit relaxes (hidden layers)
 ``act_kind``        1       f               tanh         activation code (``ACTIVATION_CODES``, shared)
 ``act_slope``       1       --              0.01         negative slope of leaky_relu (shared)
 ``x_start``         1       --              1            x(0) = x_start * xbar (1: AR, 0: cold start)
+``db_acc``          1       sum x fp        0            bias update accumulated over the batch
+``lr``              1       lr              5e-4         learning rate (shared, training)
+``batch_size``      1       --              64           samples per update (shared, training)
+``learn_bias``      1       --              0 or 1       1 if the biases learn (shared, training)
 ``tau``             second  tau             10 ms        relaxation time constant (shared)
 ``n_relax``         1       N               duration/dt  relaxation steps per sample (shared)
 ``steps_per_sample`` 1      S               N + 1        clock steps per sample (shared)
 ==================  ======  ==============  ===========  ===========================================
+
+Training phases (one sample = ``steps_per_sample`` steps of the one clock):
+step 0 first accumulates the local update of the sample that just relaxed
+(``x`` and ``fp`` of the post-synaptic, ``xbar`` of the pre-synaptic unit),
+applies the summed update at a batch boundary (``apply_update``), and only
+then stores the new sample's forward sweep.
 
 The dynamics are those of SPEC section 2,
 
@@ -43,15 +55,22 @@ relaxing = hidden * int(step_in_sample >= 1) * int(step_in_sample <= n_relax) : 
 step_in_sample = t_in_timesteps % steps_per_sample : integer
 u = a + b : 1
 a : 1
+anow : 1
+fpnow = act_fp(anow + b, act_kind, act_slope) : 1
 fb : 1
 zsum : 1
 xbar : 1
 fp : 1
-b : 1 (constant)
+b : 1
+db_acc : 1
 hidden : 1 (constant)
 act_kind : integer (shared, constant)
 act_slope : 1 (shared, constant)
 x_start : 1 (shared, constant)
+lr : 1 (shared, constant)
+batch_size : integer (shared, constant)
+learn_bias : 1 (shared, constant)
+apply_update = int(t_in_timesteps > 0) * int((t_in_timesteps // steps_per_sample) % batch_size == 0) : 1
 tau : second (shared, constant)
 n_relax : integer (shared, constant)
 steps_per_sample : integer (shared, constant)

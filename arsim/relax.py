@@ -226,10 +226,18 @@ def run_relaxation(config: dict, device: str = "cpp", runner: Runner | None = No
     xbar = [raw[f"layer{l}.xbar"] for l in range(n_layers + 1)]
     fp = [raw[f"layer{l}.fp"] for l in range(n_layers + 1)]
     x = [raw[f"layer{l}.x"] for l in range(n_layers + 1)]
-    dW = [np.outer(x[l + 1] * fp[l + 1], xbar[l]) for l in range(n_layers)]
-    db = [x[l + 1] * fp[l + 1] for l in range(n_layers)]
     hidden = get_activation(config["activation"], config["leaky_slope"])
     output = get_activation(config["output_activation"], config["leaky_slope"])
+    if topo.forward == "frozen":
+        slope, pre = fp, xbar
+    else:  # the relaxed forward pass learns from the current state (rules.py)
+        pre = [xbar[0]] + x[1:]
+        slope = [None] + [
+            (output if l == n_layers else hidden).fprime(problem.W[l - 1] @ pre[l - 1] + problem.b[l - 1])
+            for l in range(1, n_layers + 1)
+        ]
+    dW = [np.outer(x[l + 1] * slope[l + 1], pre[l]) for l in range(n_layers)]
+    db = [x[l + 1] * slope[l + 1] for l in range(n_layers)]
     fwd = oracle.forward(problem.W, problem.b, problem.x_in, hidden, output, config["loss"])
     bp = oracle.backward(problem.W, fwd, problem.target, config["loss"])
     rule = topo.rule()

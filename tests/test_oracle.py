@@ -95,3 +95,14 @@ def test_convergence_time_is_first_time_after_which_error_stays_below():
     assert metrics.convergence_time(t, errors, 1e-3) == 1.5
     assert metrics.convergence_time(t, np.array([1, 1, 1, 1, 1, 1e-2]), 1e-3) == float("inf")
     assert metrics.convergence_time(t, np.full(6, 1e-9), 1e-3) == 0.0
+
+
+@pytest.mark.parametrize("theta", [1e-9, 1e-5, 0.3, 2.0, np.pi - 1e-6])
+def test_angle_is_accurate_from_tiny_to_obtuse(theta):
+    """Closed form: two unit vectors at angle theta in a rotated plane of R^3."""
+    rng = np.random.default_rng(7)
+    basis, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    u = basis[:, 0]
+    v = np.cos(theta) * basis[:, 0] + np.sin(theta) * basis[:, 1]
+    assert metrics.angle_deg(4.0 * u, 0.5 * v) == pytest.approx(np.degrees(theta), rel=1e-6)
+    assert np.isnan(metrics.angle_deg(np.zeros(3), v))

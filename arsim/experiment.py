@@ -1,0 +1,264 @@
+"""A training experiment: data, epochs, metrics, checkpoints and resume.
+
+``train(config, out_dir)`` trains with the rule of the config (``train.rule``:
+``ar`` runs the Brian2 network with the config's feedback variant, ``bp`` the
+numpy backprop baseline) and writes into ``out_dir``:
+
+``checkpoint.npz``
+    Everything needed to continue: weights after the last complete epoch,
+    the epoch count, the metrics so far and the config. Replaced atomically
+    at the end of every epoch, so a crash or Ctrl-C leaves the last
+    complete epoch.
+``metrics.csv``, ``metrics.json``
+    One row per epoch (epoch 0 is the untrained network): train loss, train
+    and test accuracy, test loss, wall time, samples/s, and per layer the
+    mean angle and relative error of the rule's batch update against BP on
+    the same batch (every ``train.align_every``-th batch).
+``run.json``
+    The resolved config, seed, data set, package versions, git revision.
+``weights.npz``
+    Final ``W{l}``, ``b{l}``, ``B{l}``.
+
+The sample order of epoch ``e`` depends only on ``(seed, e)`` and the
+weights only on the previous epoch, so a resumed run is bit-identical to an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io as _io
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import ar_batch
+from .config import ConfigError
+from .datasets import Dataset, load_dataset
+from .io import atomic_write_bytes, provenance, save_npz, write_json
+from .training import BrianTrainer, Params, bp_epoch, chunk_batches, epoch_order, evaluate, init_params
+
+__all__ = ["train", "TrainSummary", "CHECKPOINT", "dataset_for"]
+
+CHECKPOINT = "checkpoint.npz"
+
+#: keys that may differ between a run and its resumption
+_RESUMABLE_CHANGES = ("train.epochs",)
+
+
+@dataclass
+class TrainSummary:
+    """Outcome of `train`: the metric rows and timing."""
+
+    rows: list
+    params: Params
+    compile_seconds: float
+    train_seconds: float
+    samples_per_second: float
+
+
+def dataset_for(config: dict) -> Dataset:
+    """The data set of ``config``, checked against the network's input and output sizes."""
+    data = load_dataset(config["train.data"], config["seed"], config["train.test_fraction"], config["train.max_samples"])
+    sizes = config["sizes"]
+    if sizes[0] != data.n_features:
+        raise ConfigError(f"sizes[0] = {sizes[0]} does not match train.data = {config['train.data']!r}; expected {data.n_features} inputs")
+    if sizes[-1] != data.n_classes:
+        raise ConfigError(f"sizes[-1] = {sizes[-1]} does not match train.data = {config['train.data']!r}; expected {data.n_classes} outputs")
+    if data.n_train < config["train.batch_size"]:
+        raise ConfigError(
+            f"train.batch_size = {config['train.batch_size']} is larger than the {data.n_train} training samples; expected <= {data.n_train}"
+        )
+    return data
+
+
+def _check_finite(params: Params, where: str) -> str | None:
+    for l in range(len(params.W)):
+        for name, value in (("W", params.W[l]), ("b", params.b[l]), ("B", params.B[l])):
+            if not np.all(np.isfinite(value)):
+                return f"{where}, layer {l} ({name}^{l})"
+    return None
+
+
+def _locate_divergence(config: dict, params: Params, x, targets, epoch: int, first_batch: int) -> str:
+    """Replay a diverged stretch batch by batch in numpy to name the first bad batch and layer."""
+    found = []
+
+    def after_batch(index, state):
+        if not found:
+            where = _check_finite(state, f"epoch {epoch}, batch {first_batch + index + 1}")
+            if where:
+                found.append(where)
+
+    replay = bp_epoch if config["train.rule"] == "bp" else ar_batch.ar_epoch
+    with np.errstate(all="ignore"):
+        replay(config, params, x, targets, after_batch=after_batch)
+    if found:
+        return found[0]
+    n_batches = len(x) // config["train.batch_size"]
+    return f"epoch {epoch}, batches {first_batch + 1}..{first_batch + n_batches} (the numpy replay stayed finite)"
+
+
+def _metric_row(config, params, data, epoch, seconds, samples, alignment) -> dict:
+    with np.errstate(all="ignore"):
+        on_train = evaluate(config, params, data.x_train, data.y_train, data.n_classes)
+        on_test = evaluate(config, params, data.x_test, data.y_test, data.n_classes)
+    row = {
+        "epoch": epoch,
+        "train_loss": on_train["loss"],
+        "train_accuracy": on_train["accuracy"],
+        "test_loss": on_test["loss"],
+        "test_accuracy": on_test["accuracy"],
+        "seconds": seconds,
+        "samples_per_second": samples / seconds if seconds > 0 else float("nan"),
+    }
+    for l in range(len(params.W)):
+        rows = [a for a in alignment if a[1] == l]
+        row[f"angle_deg_{l}"] = float(np.mean([a[2] for a in rows])) if rows else float("nan")
+        row[f"rel_error_{l}"] = float(np.mean([a[3] for a in rows])) if rows else float("nan")
+    return row
+
+
+def _write_tables(out_dir: Path, rows: list) -> None:
+    buffer = _io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(out_dir / "metrics.csv", buffer.getvalue().encode())
+    write_json(out_dir / "metrics.json", [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()} for r in rows])
+
+
+def _save_checkpoint(out_dir: Path, params: Params, epoch: int, rows: list, config: dict) -> None:
+    save_npz(
+        out_dir / CHECKPOINT,
+        {**params.arrays(), "epoch": np.array(epoch), "metrics": np.array(json.dumps(rows)), "config": np.array(json.dumps(config))},
+    )
+
+
+def _load_checkpoint(out_dir: Path, config: dict, n_layers: int):
+    path = out_dir / CHECKPOINT
+    if not path.exists():
+        raise ConfigError(f"--resume: {path} does not exist; expected the output directory of an earlier run")
+    try:
+        with np.load(path) as data:
+            stored = json.loads(str(data["config"]))
+            params = Params.from_arrays(data, n_layers)
+            epoch = int(data["epoch"])
+            rows = json.loads(str(data["metrics"]))
+    except (OSError, ValueError, KeyError) as err:
+        raise ConfigError(f"--resume: {path} is not a readable arsim checkpoint ({err})") from None
+    for key in sorted(set(stored) | set(config)):
+        if key not in _RESUMABLE_CHANGES and stored.get(key) != config.get(key):
+            raise ConfigError(
+                f"--resume: {key} = {config.get(key)!r} differs from the checkpoint's {stored.get(key)!r}; expected the same model"
+            )
+    return params, epoch, rows
+
+
+def train(config: dict, out_dir, resume: bool = False, device: str = "cpp", progress: bool = True,
+          max_run_samples: int = 1024) -> TrainSummary:
+    """Train for ``train.epochs`` epochs and write the results into ``out_dir``.
+
+    Parameters
+    ----------
+    config : dict
+        Resolved model config (`arsim.config.load`).
+    out_dir : path
+        Output directory (created). Without ``resume`` it must not hold a
+        checkpoint already.
+    resume : bool
+        Continue from ``out_dir``'s checkpoint (the config must match, except
+        ``train.epochs``).
+    device : {"cpp", "runtime"}
+        Brian2 device of the AR rule.
+    progress : bool
+        Show a tqdm progress bar on stderr.
+    max_run_samples : int
+        Upper bound of the samples in one standalone run (`chunk_batches`).
+
+    Raises
+    ------
+    ConfigError
+        Bad data, mismatching sizes, or an output directory that does not fit.
+    FloatingPointError
+        NaN/Inf in the weights, naming the epoch, batch and layer.
+    """
+    from tqdm import tqdm
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir}: exists and is not a directory")
+    if not resume and (out_dir / CHECKPOINT).exists():
+        raise ConfigError(f"--out {out_dir}: already holds a training run; use --resume to continue it or choose another directory")
+    data = dataset_for(config)
+    n_layers = len(config["sizes"]) - 1
+    if resume:
+        params, start_epoch, rows = _load_checkpoint(out_dir, config, n_layers)
+    else:
+        params, start_epoch, rows = init_params(config), 0, []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "run.json", {**provenance(config), "data": {"spec": data.name, "source": data.source,
+                                                                        "n_train": data.n_train, "n_test": data.n_test}})
+    batch = config["train.batch_size"]
+    n_batches = data.n_train // batch
+    per_run = chunk_batches(n_batches, batch, max_run_samples)
+    n_used = n_batches * batch
+    targets_train = data.targets(data.y_train)
+
+    compile_seconds = 0.0
+    trainer = None
+    if config["train.rule"] == "ar":
+        if progress and device == "cpp":
+            print("arsim: building the standalone network (cached after the first time)...", file=sys.stderr)
+        started = time.perf_counter()
+        trainer = BrianTrainer(config, per_run * batch, device=device)
+        compile_seconds = time.perf_counter() - started
+    if not rows:
+        rows.append(_metric_row(config, params, data, 0, 0.0, 0, []))
+        _save_checkpoint(out_dir, params, 0, rows, config)
+        _write_tables(out_dir, rows)
+
+    epochs = config["train.epochs"]
+    bar = tqdm(total=epochs * n_used, initial=start_epoch * n_used, unit="sample", disable=not progress,
+               desc=f"{config['name']} ({config['train.rule']})", dynamic_ncols=True)
+    train_seconds = 0.0
+    try:
+        for epoch in range(start_epoch + 1, epochs + 1):
+            order = epoch_order(config, data.n_train, epoch)
+            x, targets = data.x_train[order], targets_train[order]
+            started = time.perf_counter()
+            alignment = []
+            for first in range(0, n_batches, per_run):
+                rows_slice = slice(first * batch, (first + per_run) * batch)
+                before = params
+                if trainer is not None:
+                    result = trainer.run_chunk(params, x[rows_slice], targets[rows_slice], first_batch=first)
+                    params = result.params
+                    alignment.extend(result.alignment)
+                else:
+                    with np.errstate(all="ignore"):
+                        params = bp_epoch(config, params, x[rows_slice], targets[rows_slice])
+                if _check_finite(params, ""):
+                    where = _locate_divergence(config, before, x[rows_slice], targets[rows_slice], epoch, first)
+                    raise FloatingPointError(f"NaN/Inf in the weights at {where}; lower train.lr or init_std")
+                bar.update(per_run * batch)
+            seconds = time.perf_counter() - started
+            train_seconds += seconds
+            row = _metric_row(config, params, data, epoch, seconds, n_used, alignment)
+            rows.append(row)
+            if not math.isfinite(row["train_loss"]):
+                raise FloatingPointError(f"NaN/Inf in the output activity at epoch {epoch} (train loss {row['train_loss']})")
+            _save_checkpoint(out_dir, params, epoch, rows, config)
+            _write_tables(out_dir, rows)
+            bar.set_postfix(loss=f"{row['train_loss']:.4g}", train=f"{row['train_accuracy']:.3f}", test=f"{row['test_accuracy']:.3f}")
+    finally:
+        bar.close()
+    save_npz(out_dir / "weights.npz", params.arrays())
+    done = [r for r in rows[1:] if r["seconds"] > 0]
+    rate = sum(n_used for _ in done) / sum(r["seconds"] for r in done) if done else float("nan")
+    return TrainSummary(rows=rows, params=params, compile_seconds=compile_seconds, train_seconds=train_seconds, samples_per_second=rate)

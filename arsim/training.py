@@ -1,0 +1,265 @@
+"""Training: AR learning inside one standalone Brian2 run per epoch, and the BP baseline.
+
+An epoch is a few equal runs of the compiled network, each a whole number
+of batches (`chunk_batches`). The samples of a run (the epoch's order is
+shuffled from ``seed`` and the epoch number) are the rows of the input and
+target `TimedArray` s; every sample takes ``1 + N`` clock steps (forward
+sweep, ``N`` relaxation steps), the local update is accumulated at the start
+of the next sample and applied at each batch boundary (``arsim/neuron.py``).
+Weights go in and come out as run-time arrays, so runs never recompile.
+
+The backprop baseline uses the same initial weights, sample order and batch
+schedule in float64 numpy, so the two differ only by credit assignment.
+Samples that do not fill a last batch are dropped from the epoch (both rules).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import metrics, oracle
+from .activations import ACTIVATION_CODES, get_activation
+from .config import n_relax_steps
+from .devices import Runner, get_runner
+from .network import DT_INTERNAL, Topology, topology_from_config
+
+__all__ = ["Params", "init_params", "epoch_order", "chunk_batches", "train_topology", "BrianTrainer", "ChunkResult", "bp_epoch", "evaluate"]
+
+
+@dataclass
+class Params:
+    """Trainable state: forward weights ``W``, biases ``b`` and backward weights ``B``."""
+
+    W: list
+    b: list
+    B: list
+
+    def copy(self) -> "Params":
+        return Params([w.copy() for w in self.W], [v.copy() for v in self.b], [m.copy() for m in self.B])
+
+    def arrays(self) -> dict:
+        """Flat dict ``W{l}``, ``b{l}``, ``B{l}`` for npz files."""
+        out = {}
+        for l in range(len(self.W)):
+            out[f"W{l}"], out[f"b{l}"], out[f"B{l}"] = self.W[l], self.b[l], self.B[l]
+        return out
+
+    @classmethod
+    def from_arrays(cls, data, n_layers: int) -> "Params":
+        return cls(
+            [np.array(data[f"W{l}"]) for l in range(n_layers)],
+            [np.array(data[f"b{l}"]) for l in range(n_layers)],
+            [np.array(data[f"B{l}"]) for l in range(n_layers)],
+        )
+
+
+def init_params(config: dict) -> Params:
+    """Initial weights from ``config["seed"]``: ``W ~ N(0, init_std^2)``, zero biases, ``B`` by the rule."""
+    rng = np.random.default_rng([config["seed"], 1])
+    sizes = config["sizes"]
+    W = [rng.normal(0.0, config["init_std"], size=(sizes[l + 1], sizes[l])) for l in range(len(sizes) - 1)]
+    b = [np.zeros(sizes[l + 1]) for l in range(len(sizes) - 1)]
+    rule = topology_from_config(config).rule()
+    return Params(W, b, rule.initial_backward(W, rng, config["feedback_std"]))
+
+
+def epoch_order(config: dict, n_train: int, epoch: int) -> np.ndarray:
+    """Indices of the samples of ``epoch``, whole batches only, seeded by (seed, epoch)."""
+    batch = config["train.batch_size"]
+    n_used = (n_train // batch) * batch
+    rng = np.random.default_rng([config["seed"], 2, epoch])
+    return rng.permutation(n_train)[:n_used]
+
+
+def chunk_batches(n_batches: int, batch_size: int, max_samples: int = 1024) -> int:
+    """Batches per standalone run: the largest divisor of ``n_batches`` within ``max_samples``.
+
+    An epoch is split into equal runs of whole batches so that every run of
+    the one build has the same length, progress is reported between runs,
+    and the accumulated update is empty at every run boundary.
+    """
+    best = 1
+    for k in range(1, n_batches + 1):
+        if n_batches % k == 0 and k * batch_size <= max_samples:
+            best = k
+    return best
+
+
+def train_topology(config: dict, chunk_samples: int, max_relax: int | None = None) -> Topology:
+    """The build key of a training run of ``chunk_samples`` samples per run.
+
+    ``max_relax`` (default: the config's steps) is the longest relaxation the
+    build can run; shorter ones are a run-time parameter.
+    """
+    base = topology_from_config(config, max_relax=max_relax)
+    batch = config["train.batch_size"]
+    align = 0
+    if config["train.align_every"]:
+        # record at every g-th batch of a run, g dividing both the run and the
+        # sampling interval, so every sampled batch of the epoch is recorded
+        align = math.gcd(config["train.align_every"], chunk_samples // batch) * batch
+    return Topology(
+        sizes=base.sizes,
+        loss=base.loss,
+        feedback=base.feedback,
+        derivative=base.derivative,
+        ordering=base.ordering,
+        forward=base.forward,
+        record_variables=(),
+        record_every=1,
+        max_relax=base.max_relax,
+        n_samples=chunk_samples,
+        train=True,
+        align_interval=align,
+    )
+
+
+@dataclass
+class ChunkResult:
+    """What one standalone training run produced."""
+
+    params: Params
+    #: ``(batch, layer, angle_deg, rel_error)`` for every sampled batch (1-based within the epoch)
+    alignment: list = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class BrianTrainer:
+    """Runs AR training in the compiled Brian2 network, one run per chunk of batches.
+
+    Parameters
+    ----------
+    config : dict
+        Resolved model config with ``train.*`` keys.
+    chunk_samples : int
+        Samples per run (a whole number of batches; fixes the build).
+    device : {"cpp", "runtime"}
+    max_relax : int, optional
+        Longest relaxation of the build (default: the config's).
+    runner : Runner, optional
+        A compiled network of this topology to reuse.
+    """
+
+    def __init__(self, config: dict, chunk_samples: int, device: str = "cpp", max_relax: int | None = None,
+                 runner: Runner | None = None):
+        self.config = config
+        batch = config["train.batch_size"]
+        if chunk_samples < batch or chunk_samples % batch:
+            raise ValueError(f"a run holds whole batches: {chunk_samples} samples with batch size {batch}")
+        self.topology = train_topology(config, chunk_samples, max_relax)
+        if n_relax_steps(config) > self.topology.max_relax:
+            raise ValueError(f"{n_relax_steps(config)} relaxation steps requested; the build holds at most {self.topology.max_relax}")
+        if runner is not None and runner.topology != self.topology:
+            raise ValueError("the runner was built for another topology")
+        self.runner = runner or get_runner(self.topology, device)
+
+    def params_for_run(self, params: Params, x: np.ndarray, targets: np.ndarray) -> dict:
+        """Run-time arrays of one run."""
+        config, topo = self.config, self.topology
+        eta = config["dt"] / config["tau"]
+        out = {"input_values": x, "target_values": targets}
+        for layer in range(topo.n_layers + 1):
+            kind = config["output_activation"] if layer == topo.n_layers else config["activation"]
+            out[f"layer{layer}.act_kind"] = np.array([ACTIVATION_CODES[kind]])
+            out[f"layer{layer}.act_slope"] = np.array([config["leaky_slope"]])
+            out[f"layer{layer}.tau"] = np.array([DT_INTERNAL / eta])
+            out[f"layer{layer}.n_relax"] = np.array([n_relax_steps(config)])
+            out[f"layer{layer}.x_start"] = np.array([1.0])
+            out[f"layer{layer}.lr"] = np.array([config["train.lr"]])
+            out[f"layer{layer}.batch_size"] = np.array([config["train.batch_size"]])
+            out[f"layer{layer}.learn_bias"] = np.array([1.0 if config["bias"] else 0.0])
+            if layer >= 1:
+                out[f"layer{layer}.b"] = params.b[layer - 1]
+        separate = topo.rule().backward_variable == "wb"
+        for layer in range(topo.n_layers):
+            out[f"proj{layer}.w"] = params.W[layer].ravel()
+            if separate:
+                out[f"proj{layer}.wb"] = params.B[layer].T.ravel()
+        return out
+
+    def run_chunk(self, params: Params, x: np.ndarray, targets: np.ndarray, first_batch: int = 0) -> ChunkResult:
+        """Train on the rows of ``x`` / ``targets`` (in sample order, one run's worth).
+
+        ``first_batch`` is the number of batches of the epoch before this run;
+        it places the sampled alignment batches on the epoch's batch grid.
+        """
+        import time
+
+        topo = self.topology
+        if len(x) != topo.n_samples:
+            raise ValueError(f"this build trains on {topo.n_samples} samples per run, got {len(x)}")
+        started = time.perf_counter()
+        raw = self.runner.run(self.params_for_run(params, x, targets))
+        seconds = time.perf_counter() - started
+        sizes = topo.sizes
+        W = [raw[f"proj{l}.w"].reshape(sizes[l + 1], sizes[l]) for l in range(topo.n_layers)]
+        b = [raw[f"layer{l + 1}.b"].copy() for l in range(topo.n_layers)]
+        wb = None
+        if topo.rule().backward_variable == "wb":
+            wb = [raw[f"proj{l}.wb"].reshape(sizes[l + 1], sizes[l]).T.copy() for l in range(topo.n_layers)]
+        new = Params(W, b, topo.rule().backward_matrices(W, wb))
+        return ChunkResult(params=new, alignment=self._alignment(raw, x, targets, first_batch), seconds=seconds)
+
+    def _alignment(self, raw: dict, x: np.ndarray, targets: np.ndarray, first_batch: int) -> list:
+        """Angle and relative error of the recorded batch updates against BP on the same batch."""
+        topo, config = self.topology, self.config
+        if not topo.align_interval:
+            return []
+        batch, every = config["train.batch_size"], config["train.align_every"]
+        hidden = get_activation(config["activation"], config["leaky_slope"])
+        output = get_activation(config["output_activation"], config["leaky_slope"])
+        sizes = topo.sizes
+        rows = []
+        for record, t in enumerate(raw["align0.t"]):
+            boundary = int(round(t / (DT_INTERNAL * topo.steps_per_sample)))  # samples done in this run
+            if boundary == 0 or boundary > topo.n_samples or (first_batch + boundary // batch) % every:
+                continue
+            first = boundary - batch
+            # the recorded weights are those the batch was computed with (not yet updated)
+            W = [raw[f"align{l}.w"][record].reshape(sizes[l + 1], sizes[l]) for l in range(topo.n_layers)]
+            b = [raw[f"alignb{l + 1}.b"][record] for l in range(topo.n_layers)]
+            fwd = oracle.forward(W, b, x[first:boundary], hidden, output, config["loss"])
+            bp = oracle.backward(W, fwd, targets[first:boundary], config["loss"])
+            for l in range(topo.n_layers):
+                update = raw[f"align{l}.dw_acc"][record].reshape(sizes[l + 1], sizes[l])
+                rows.append(
+                    (first_batch + boundary // batch, l, metrics.angle_deg(update, bp.dW[l]), metrics.relative_error(update, bp.dW[l]))
+                )
+        return rows
+
+
+def bp_epoch(config: dict, params: Params, x: np.ndarray, targets: np.ndarray, after_batch=None) -> Params:
+    """One epoch of minibatch SGD with exact backprop (numpy, float64, batched).
+
+    ``after_batch(batch_index, params)`` is called after every update.
+    """
+    hidden = get_activation(config["activation"], config["leaky_slope"])
+    output = get_activation(config["output_activation"], config["leaky_slope"])
+    batch, lr = config["train.batch_size"], config["train.lr"]
+    new = params.copy()
+    for index, start in enumerate(range(0, len(x) - batch + 1, batch)):
+        fwd = oracle.forward(new.W, new.b, x[start:start + batch], hidden, output, config["loss"])
+        grads = oracle.backward(new.W, fwd, targets[start:start + batch], config["loss"])
+        for l in range(len(new.W)):
+            new.W[l] = new.W[l] - lr * grads.dW[l]
+            if config["bias"]:
+                new.b[l] = new.b[l] - lr * grads.db[l]
+        new.B = [w.T.copy() for w in new.W]
+        if after_batch is not None:
+            after_batch(index, new)
+    return new
+
+
+def evaluate(config: dict, params: Params, x: np.ndarray, labels: np.ndarray, n_classes: int) -> dict:
+    """Mean loss per sample and accuracy of the forward network on ``x``."""
+    hidden = get_activation(config["activation"], config["leaky_slope"])
+    output = get_activation(config["output_activation"], config["leaky_slope"])
+    out = oracle.forward(params.W, params.b, x, hidden, output, config["loss"]).xbar[-1]
+    targets = np.eye(n_classes)[labels]
+    return {
+        "loss": oracle.loss(out, targets, config["loss"]) / len(x),
+        "accuracy": float(np.mean(np.argmax(out, axis=1) == labels)),
+    }

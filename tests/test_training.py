@@ -1,0 +1,230 @@
+"""Brian2 training against independent numpy implementations and closed identities."""
+
+import numpy as np
+import pytest
+
+from arsim import ar_batch, oracle
+from arsim.activations import get_activation
+from arsim.config import resolve
+from arsim.reference import relax_euler
+from arsim.training import BrianTrainer, Params, bp_epoch, chunk_batches, init_params, train_topology
+
+SIZES = [5, 4, 3, 2]
+N_SAMPLES, BATCH = 12, 4
+MAX_RELAX = 300
+
+RULES = {
+    "exact": {},
+    "learned": {"feedback": "learned", "feedback_std": 0.4},
+    "random+sequential": {"feedback": "random", "feedback_std": 0.4, "ordering": "sequential"},
+    "noderiv": {"derivative": False},
+    "learned+noderiv": {"feedback": "learned", "feedback_std": 0.4, "derivative": False},
+    "ce+relu": {"loss": "ce", "activation": "relu", "output_activation": "linear"},
+    "relaxed-forward": {"forward": "relaxed"},
+    "relaxed-forward+learned+sequential": {"forward": "relaxed", "feedback": "learned", "feedback_std": 0.4, "ordering": "sequential"},
+}
+
+
+def _config(**keys):
+    base = {
+        "sizes": SIZES, "activation": "tanh", "output_activation": "tanh", "bias": True, "init_std": 0.6,
+        "tau": 10.0, "dt": 1.0, "duration": 300.0,
+        "train.batch_size": BATCH, "train.lr": 0.05, "train.align_every": 1,
+    }
+    return resolve({**base, **keys})
+
+
+def _data(config, seed=5):
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0.0, 1.0, size=(N_SAMPLES, config["sizes"][0]))
+    targets = np.eye(config["sizes"][-1])[rng.integers(config["sizes"][-1], size=N_SAMPLES)]
+    return x, targets
+
+
+@pytest.fixture(scope="module")
+def trainers(build_dir):
+    """``trainers(config)``: a trainer for ``config`` sharing one build per topology."""
+    runners = {}
+
+    def get(config):
+        topology = train_topology(config, N_SAMPLES, MAX_RELAX)
+        if topology not in runners:
+            runners[topology] = BrianTrainer(config, N_SAMPLES, max_relax=MAX_RELAX).runner
+        return BrianTrainer(config, N_SAMPLES, max_relax=MAX_RELAX, runner=runners[topology])
+
+    return get
+
+
+def relaxed_forward_sample(config, p, x0, target, n_relax, hidden, output):
+    """One sample of the relaxed frozen forward pass, written out layer by layer.
+
+    The derivative of layer l+1 is taken at the current drive W^l x^l + b^l,
+    with every x of the step's start (Jacobi) or, sequentially, the layers
+    above already updated; the update uses the final x and that derivative.
+    """
+    fwd = oracle.forward(p.W, p.b, x0, hidden, output, config["loss"])
+    n_layers = len(p.W)
+    eta = config["dt"] / config["tau"]
+    x = [v.copy() for v in fwd.xbar]
+    x[n_layers] = oracle.output_error(fwd.xbar[-1], target, config["loss"])
+
+    def slope(l, state):
+        act = output if l == n_layers else hidden
+        return act.fprime(p.W[l - 1] @ state[l - 1] + p.b[l - 1])
+
+    def drive(l, state):
+        above = state[l + 1] * slope(l + 1, state) if config["derivative"] else state[l + 1]
+        return p.B[l] @ above
+
+    for _ in range(n_relax):
+        if config["ordering"] == "synchronous":
+            old = [v.copy() for v in x]
+            for l in range(1, n_layers):
+                x[l] = old[l] + eta * (drive(l, old) - old[l])
+        else:
+            for l in range(n_layers - 1, 0, -1):
+                x[l] = x[l] + eta * (drive(l, x) - x[l])
+    return [(np.outer(x[l + 1] * slope(l + 1, x), x[l]), x[l + 1] * slope(l + 1, x)) for l in range(n_layers)]
+
+
+def per_sample_reference(config, params, x, targets, n_relax):
+    """AR written sample by sample with the dense Euler integrator (no batching, no Brian2)."""
+    hidden = get_activation(config["activation"])
+    output = get_activation(config["output_activation"])
+    eta = config["dt"] / config["tau"]
+    p = params.copy()
+    acc_W = [np.zeros_like(w) for w in p.W]
+    acc_b = [np.zeros_like(v) for v in p.b]
+    for s in range(len(x)):
+        if config["forward"] == "relaxed":
+            for l, (dW, db) in enumerate(relaxed_forward_sample(config, p, x[s], targets[s], n_relax, hidden, output)):
+                acc_W[l] += dW
+                acc_b[l] += db
+        else:
+            fwd = oracle.forward(p.W, p.b, x[s], hidden, output, config["loss"])
+            e = oracle.output_error(fwd.xbar[-1], targets[s], config["loss"])
+            state, _ = relax_euler(p.B, fwd.xbar, fwd.fp, e, eta, n_relax, config["derivative"], config["ordering"])
+            for l in range(len(p.W)):
+                acc_W[l] += np.outer(state[l + 1] * fwd.fp[l + 1], fwd.xbar[l])
+                acc_b[l] += state[l + 1] * fwd.fp[l + 1]
+        if (s + 1) % config["train.batch_size"] == 0:
+            lr = config["train.lr"]
+            for l in range(len(p.W)):
+                p.W[l] = p.W[l] - lr * acc_W[l]
+                p.b[l] = p.b[l] - lr * acc_b[l]
+                if config["feedback"] == "learned":
+                    p.B[l] = p.B[l] - lr * acc_W[l].T
+                elif config["feedback"] == "transpose":
+                    p.B[l] = p.W[l].T.copy()
+                acc_W[l][:] = 0.0
+                acc_b[l][:] = 0.0
+    return p
+
+
+def _assert_params_close(a: Params, b: Params, atol):
+    for l in range(len(a.W)):
+        np.testing.assert_allclose(a.W[l], b.W[l], rtol=0, atol=atol)
+        np.testing.assert_allclose(a.b[l], b.b[l], rtol=0, atol=atol)
+        np.testing.assert_allclose(a.B[l], b.B[l], rtol=0, atol=atol)
+
+
+@pytest.mark.parametrize("rule", list(RULES))
+def test_batched_numpy_ar_equals_per_sample_reference(rule):
+    config = _config(duration=25.0, **RULES[rule])
+    params = init_params(config)
+    x, targets = _data(config)
+    _assert_params_close(ar_batch.ar_epoch(config, params, x, targets), per_sample_reference(config, params, x, targets, 25), 1e-13)
+
+
+@pytest.mark.parametrize("rule", list(RULES))
+def test_brian2_training_equals_numpy(trainers, rule):
+    config = _config(**RULES[rule])
+    params = init_params(config)
+    x, targets = _data(config)
+    result = trainers(config).run_chunk(params, x, targets)
+    _assert_params_close(result.params, per_sample_reference(config, params, x, targets, 300), 1e-10)
+    # the update really moved the weights (the comparison is not vacuous)
+    assert min(np.abs(result.params.W[l] - params.W[l]).max() for l in range(3)) > 1e-4
+
+
+def test_short_relaxation_is_not_backprop_and_matches_numpy(trainers):
+    """At 5 steps AR differs from BP, and the Brian2 run still equals numpy at that length."""
+    config = _config(duration=5.0)
+    params = init_params(config)
+    x, targets = _data(config)
+    result = trainers(config).run_chunk(params, x, targets)
+    _assert_params_close(result.params, per_sample_reference(config, params, x, targets, 5), 1e-10)
+    bp = bp_epoch(config, params, x, targets)
+    assert np.abs(result.params.W[0] - bp.W[0]).max() > 1e-6
+
+
+@pytest.mark.parametrize("rule", ["exact", "ce+relu"])
+def test_long_relaxation_batch_update_equals_backprop(trainers, rule):
+    config = _config(**RULES[rule])
+    params = init_params(config)
+    x, targets = _data(config)
+    result = trainers(config).run_chunk(params, x[:N_SAMPLES], targets[:N_SAMPLES])
+    # three batch updates, each from the weights the previous one left: BP on the same schedule
+    bp = bp_epoch(config, params, x, targets)
+    for l in range(3):
+        scale = np.abs(bp.W[l] - params.W[l]).max()
+        np.testing.assert_allclose(result.params.W[l] - params.W[l], bp.W[l] - params.W[l], rtol=0, atol=1e-8 * scale)
+        np.testing.assert_allclose(result.params.b[l] - params.b[l], bp.b[l] - params.b[l], rtol=0, atol=1e-8 * scale)
+        assert scale > 1e-4
+
+
+def test_long_relaxation_alignment_is_zero(trainers):
+    """The recorded Brian2 batch updates point along BP's gradient (angle ~ 0) at 30 tau."""
+    config = _config()
+    params = init_params(config)
+    x, targets = _data(config)
+    result = trainers(config).run_chunk(params, x, targets)
+    assert sorted({row[0] for row in result.alignment}) == [1, 2, 3]
+    for batch, layer, angle, rel in result.alignment:
+        assert angle < 1e-5 and rel < 1e-8, (batch, layer, angle, rel)
+
+
+def test_short_relaxation_alignment_equals_numpy_update(trainers):
+    """The alignment measured in Brian2 equals that of the numpy update on the same weights."""
+    from arsim import metrics
+
+    config = _config(duration=3.0)
+    params = init_params(config)
+    x, targets = _data(config)
+    result = trainers(config).run_chunk(params, x, targets)
+    dW, _ = ar_batch.ar_batch_update(config, params.W, params.b, params.B, x[:BATCH], targets[:BATCH])
+    hidden = get_activation(config["activation"])
+    output = get_activation(config["output_activation"])
+    fwd = oracle.forward(params.W, params.b, x[:BATCH], hidden, output, config["loss"])
+    grads = oracle.backward(params.W, fwd, targets[:BATCH], config["loss"])
+    first = {row[1]: row for row in result.alignment if row[0] == 1}
+    for l in range(3):
+        assert first[l][2] == pytest.approx(metrics.angle_deg(dW[l], grads.dW[l]), rel=1e-6, abs=1e-9)
+        assert first[l][3] == pytest.approx(metrics.relative_error(dW[l], grads.dW[l]), rel=1e-6, abs=1e-12)
+    assert max(first[l][3] for l in range(3)) > 1e-3  # 3 steps are far from BP: not vacuous
+
+
+def test_learned_backward_keeps_B_minus_W_transpose_constant(trainers):
+    config = _config(**RULES["learned"])
+    params = init_params(config)
+    x, targets = _data(config)
+    state = params
+    for _ in range(3):
+        state = trainers(config).run_chunk(state, x, targets).params
+    for l in range(3):
+        assert np.abs(state.W[l] - params.W[l]).max() > 1e-3
+        np.testing.assert_allclose(state.B[l] - state.W[l].T, params.B[l] - params.W[l].T, rtol=0, atol=1e-12)
+
+
+def test_random_backward_stays_fixed(trainers):
+    config = _config(**RULES["random+sequential"])
+    params = init_params(config)
+    x, targets = _data(config)
+    state = trainers(config).run_chunk(params, x, targets).params
+    for l in range(3):
+        np.testing.assert_array_equal(state.B[l], params.B[l])
+
+
+@pytest.mark.parametrize("n_batches,batch,limit,expected", [(44, 32, 1024, 22), (62, 64, 1024, 2), (7, 64, 100, 1), (12, 4, 1024, 12)])
+def test_chunk_batches_is_largest_divisor_within_limit(n_batches, batch, limit, expected):
+    assert chunk_batches(n_batches, batch, limit) == expected
