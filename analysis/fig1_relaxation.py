@@ -1,0 +1,283 @@
+"""Millidge et al. 2020, Fig. 1: every layer relaxes to the backprop gradient.
+
+Reproduces the numerical check of Millidge, Tschantz, Seth & Buckley (2020),
+"Activation Relaxation: A Local Dynamical Approximation to Backpropagation in
+the Brain", arXiv:2009.05359, Fig. 1: a 784-300-100-100-10 tanh network
+(``models/fig1.toml``) is swept forward once, then its hidden layers relax
+under ``tau dx^l/dt = -x^l + W^lT (x^{l+1} * f'^{l+1})`` from ``x^l(0) =
+xbar^l`` (the AR start) with the output clamped to ``e = dL/dxbar^L``,
+integrated by arsim's Brian2 model (cpp_standalone, forward Euler at
+``dt/tau = 0.1``).
+
+(a) Relative error ``|x^l(t) - dL/dxbar^l| / |dL/dxbar^l|`` of every hidden
+    layer against ``t / tau`` (log scale) for 30 tau, with the convergence
+    threshold 1e-3 and the paper's 100 steps (10 tau) marked: the deeper a
+    layer sits below the output, the later it converges, and at 10 tau the
+    bottom layer has not yet reached 1e-3.
+(b) Angle between AR's weight gradient computed from the state at time t,
+    ``dW^{l-1}(t) = (x^l(t) * f'^l) xbar^{l-1}T``, and backprop's
+    ``dL/dW^{l-1}``.
+
+Two stages: ``simulate`` runs Brian2 and stores the traces with provenance in
+``analysis/data/fig1_relaxation.npz`` (+ ``.json``); ``plot`` draws only from
+that file, so the figure can be redrawn without re-simulating. Run from the
+repository root::
+
+    python analysis/fig1_relaxation.py               # simulate and plot
+    python analysis/fig1_relaxation.py --plot-only   # redraw from the data file
+    python analysis/fig1_relaxation.py --quick       # tiny net (tests; *_quick files)
+
+Figures go to ``figures/<data file stem>.{png,svg}`` (``--out-dir`` to change).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from arsim import metrics  # noqa: E402
+from arsim.config import ConfigError, load, n_relax_steps, resolve  # noqa: E402
+from arsim.devices import get_runner  # noqa: E402
+from arsim.io import atomic_write_bytes, provenance, save_npz, write_json  # noqa: E402
+from arsim.network import topology_from_config  # noqa: E402
+from arsim.relax import run_relaxation  # noqa: E402
+
+NAME = "fig1_relaxation"
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = ROOT / "models" / "fig1.toml"
+DPI = 250
+
+#: metrics.angle_deg takes arccos of a float64 cosine, which cannot resolve
+#: angles below sqrt(2 eps) rad ~ 1e-6 degrees: the plot stops above that
+ANGLE_RESOLUTION_DEG = float(np.degrees(np.sqrt(2 * np.finfo(float).eps)))
+
+SHOWN_TAU = 30.0  # long enough for the bottom layer to pass 1e-3 with margin
+PAPER_TAU = 10.0  # the paper's 100 steps at dt/tau = 0.1
+
+#: --quick: a tiny net with the same keys otherwise; its build (sizes, 600
+#: steps) is the one the other analysis scripts' quick modes use as well
+QUICK_KEYS = {"sizes": [6, 5, 5, 5, 2], "init_std": 0.5}
+QUICK_MAX_RELAX = 600
+
+
+class UsageError(ValueError):
+    """Bad command-line input or data file (reported in one line, exit 2)."""
+
+
+def simulate(quick: bool = False) -> tuple[dict, dict]:
+    """Relax the Fig.-1 network in Brian2 for 30 tau and measure it against BP.
+
+    Parameters
+    ----------
+    quick : bool
+        Use the tiny ``QUICK_KEYS`` network instead of 784-300-100-100-10.
+
+    Returns
+    -------
+    arrays : dict
+        Everything `plot` needs (see the keys in the code), for the .npz file.
+    meta : dict
+        Provenance and a per-layer summary, for the .json file.
+    """
+    started = time.perf_counter()
+    config = load(MODEL)
+    keys = {**config, "duration": SHOWN_TAU * config["tau"], **(QUICK_KEYS if quick else {})}
+    config = resolve(keys, source=f"{MODEL.name} ({NAME})")
+    steps = n_relax_steps(config)
+    runner = get_runner(topology_from_config(config, max_relax=QUICK_MAX_RELAX if quick else steps))
+    res = run_relaxation(config, runner=runner)
+
+    n_layers = len(res.problem.W)
+    hidden = list(range(1, n_layers))
+    err = np.array([metrics.relative_error_trace(res.xtrace[l], res.bp.dxbar[l]) for l in hidden])
+    angle = np.array([gradient_angle_trace(res.xtrace[l] * res.fp[l], res.xbar[l - 1], res.bp.dW[l - 1]) for l in hidden])
+    t_conv = np.array([metrics.convergence_time(res.t, e, config["threshold"]) for e in err])
+    at_paper = np.argmin(np.abs(res.t - PAPER_TAU))
+    arrays = {
+        "script": np.array(NAME),
+        "quick": np.array(quick),
+        "sizes": np.array(config["sizes"]),
+        "activation": np.array(config["activation"]),
+        "eta": np.array(config["dt"] / config["tau"]),
+        "threshold": np.array(config["threshold"]),
+        "paper_tau": np.array(PAPER_TAU),
+        "t": res.t,
+        "layers": np.array(hidden),
+        "err": err,
+        "angle_deg": angle,
+        "t_conv": t_conv,
+        "err_at_paper": err[:, at_paper],
+    }
+    summary = [
+        {
+            "layer": l,
+            "units": config["sizes"][l],
+            "below_output": n_layers - l,
+            "t_conv_tau": float(t_conv[i]),
+            "err_at_10tau": float(err[i, at_paper]),
+            "final_err": float(err[i, -1]),
+            "final_dW_angle_deg": float(angle[i, -1]),
+        }
+        for i, l in enumerate(hidden)
+    ]
+    meta = {
+        **provenance(config),
+        "script": NAME,
+        "quick": quick,
+        "layers": summary,
+        "compile_seconds": res.compile_seconds,
+        "simulate_seconds": time.perf_counter() - started,
+    }
+    return arrays, meta
+
+
+def gradient_angle_trace(u: np.ndarray, xbar_below: np.ndarray, g_star: np.ndarray) -> np.ndarray:
+    """Angle (degrees) between ``dW(t) = outer(u(t), xbar_below)`` and ``g_star`` for every row ``u(t)``.
+
+    ``dW(t)`` is the weight update a synapse would read off at time t. The
+    cosine of SPEC section 4 (as `arsim.metrics.cosine`: flattened, clipped
+    to [-1, 1]) is evaluated with the Frobenius identities
+    ``<u b^T, G> = u^T G b`` and ``|u b^T| = |u| |b|``, which avoids forming
+    one 784 x 300 matrix per record.
+    """
+    norms = np.linalg.norm(u, axis=1) * np.linalg.norm(xbar_below) * np.linalg.norm(g_star)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cos = np.clip(u @ (g_star @ xbar_below) / norms, -1.0, 1.0)
+    return np.degrees(np.arccos(cos))
+
+
+def store(data: Path, arrays: dict, meta: dict) -> None:
+    """Write ``data`` (.npz) and its provenance (same stem, .json), atomically."""
+    save_npz(data, arrays)
+    write_json(data.with_suffix(".json"), meta)
+
+
+def load_data(data: Path) -> dict:
+    """Read a stored data file of this script, checking that it is one."""
+    try:
+        with np.load(data) as stored:
+            arrays = {key: stored[key] for key in stored.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
+        raise UsageError(f"{data}: not a readable .npz data file ({err})") from None
+    if str(arrays.get("script", "")) != NAME:
+        raise UsageError(f"{data}: not a {NAME} data file (its 'script' entry is {str(arrays.get('script', 'missing'))!r})")
+    return arrays
+
+
+def plot(data: Path, out_dir: Path) -> list:
+    """Draw the figure from the stored ``data`` file only; return the written paths."""
+    d = load_data(data)
+    sizes = "-".join(str(n) for n in d["sizes"])
+    n_layers = len(d["sizes"]) - 1
+    colors = plt.cm.viridis(np.linspace(0.0, 0.8, len(d["layers"])))
+    with plt.rc_context(STYLE):
+        fig, (ax_x, ax_w) = plt.subplots(1, 2, figsize=(7.4, 3.3), constrained_layout=True)
+        for i, l in enumerate(d["layers"]):
+            label = f"layer {l} ({d['sizes'][l]} units, {n_layers - l} below output)"
+            ax_x.plot(d["t"], d["err"][i], color=colors[i], label=label)
+            if np.isfinite(d["t_conv"][i]):
+                ax_x.plot(d["t_conv"][i], d["threshold"], "o", color=colors[i], ms=4, zorder=3)
+            ax_w.plot(d["t"], d["angle_deg"][i], color=colors[i], label=f"$\\Delta W^{{{l - 1}}}$ (from $x^{{{l}}}$)")
+        for ax in (ax_x, ax_w):
+            ax.set_yscale("log")
+            ax.set_xlim(0, d["t"][-1])
+            ax.set_xlabel(r"time $t\,/\,\tau$")
+            ax.axvline(d["paper_tau"], color="0.4", ls=":", lw=1, label=f"paper: {d['paper_tau'] / d['eta']:.0f} steps")
+        ax_x.axhline(d["threshold"], color="0.4", ls="--", lw=1, label=f"threshold {d['threshold']:g} (dots: $t_{{conv}}$)")
+        ax_w.set_ylim(bottom=3 * ANGLE_RESOLUTION_DEG)
+        ax_w.text(
+            0.98, 0.98, f"float64 arccos resolves angles > {ANGLE_RESOLUTION_DEG:.0e}°", transform=ax_w.transAxes,
+            ha="right", va="top", fontsize=6.5, color="0.4",
+        )
+        ax_x.set_ylabel(r"relative error $|x^l(t) - \partial L/\partial \bar{x}^l|\,/\,|\partial L/\partial \bar{x}^l|$")
+        ax_w.set_ylabel(r"angle to backprop $dL/dW^{l-1}$ (degrees)")
+        ax_x.set_title("(a) relaxed state vs backprop adjoint", loc="left")
+        ax_w.set_title(r"(b) AR weight gradient from $x(t)$ vs backprop", loc="left")
+        ax_x.set_ylim(bottom=min(1e-16, np.nanmin(d["err"]) / 10))  # room for the legend below the lines
+        ax_x.legend(loc="lower left")
+        ax_w.legend(loc="lower left")
+        fig.suptitle(
+            f"Activation relaxation, {sizes} {d['activation']}, $dt/\\tau = {float(d['eta']):g}$"
+            f" (Brian2 cpp_standalone){'  [quick]' if d['quick'] else ''}"
+        )
+        paths = save_figure(fig, out_dir, data.stem)
+        plt.close(fig)
+    return paths
+
+
+STYLE = {
+    "font.size": 8,
+    "axes.titlesize": 8.5,
+    "legend.fontsize": 7,
+    "legend.framealpha": 0.9,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "lines.linewidth": 1.4,
+    "svg.fonttype": "none",
+}
+
+
+def save_figure(fig, out_dir: Path, stem: str) -> list:
+    """Save ``fig`` as ``out_dir/stem.png`` (``DPI``) and ``.svg``, each atomically."""
+    paths = []
+    for ext in ("png", "svg"):
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format=ext, dpi=DPI, metadata={"Date": None} if ext == "svg" else None)
+        path = out_dir / f"{stem}.{ext}"
+        atomic_write_bytes(path, buffer.getvalue())
+        paths.append(path)
+    return paths
+
+
+def check_arguments(args) -> Path:
+    """Validate the command line; return the data file path."""
+    data = args.data or ROOT / "analysis" / "data" / (NAME + ("_quick" if args.quick else "") + ".npz")
+    if data.suffix != ".npz":
+        raise UsageError(f"--data {data}: expected a file name ending in .npz")
+    if args.plot_only and args.quick:
+        raise UsageError("--quick selects what to simulate; it has no meaning with --plot-only")
+    if args.plot_only and not data.is_file():
+        raise UsageError(f"--data {data}: no such data file; run without --plot-only first to simulate")
+    for path, what in ((data.parent, "--data directory"), (args.out_dir, "--out-dir")):
+        if path.exists() and not path.is_dir():
+            raise UsageError(f"{what} {path}: exists and is not a directory")
+    return data
+
+
+def main(argv: list | None = None) -> int:
+    """Command line: ``[--plot-only] [--quick] [--data FILE] [--out-dir DIR]``."""
+    parser = argparse.ArgumentParser(prog=NAME, description=__doc__.splitlines()[0])
+    parser.add_argument("--plot-only", action="store_true", help="redraw from the stored data file without simulating")
+    parser.add_argument("--quick", action="store_true", help="tiny network, seconds (tests); default data file *_quick.npz")
+    parser.add_argument("--data", type=Path, help=f"data file (default analysis/data/{NAME}.npz)")
+    parser.add_argument("--out-dir", type=Path, default=ROOT / "figures", help="figure directory (default figures/)")
+    args = parser.parse_args(argv)
+    try:
+        data = check_arguments(args)
+        if not args.plot_only:
+            arrays, meta = simulate(quick=args.quick)
+            store(data, arrays, meta)
+            print(f"{NAME}: simulated in {meta['simulate_seconds']:.1f} s -> {data}")
+        for path in plot(data, args.out_dir):
+            print(f"{NAME}: wrote {path}")
+    except (UsageError, ConfigError) as err:
+        print(f"{NAME}: error: {err}", file=sys.stderr)
+        return 2
+    except FloatingPointError as err:  # as `arsim relax`: a diverged run is exit status 3
+        print(f"{NAME}: error: {err}", file=sys.stderr)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
