@@ -105,6 +105,46 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _parse_sizes(text: str) -> list:
+    try:
+        sizes = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"--sizes {text!r}: expected comma-separated integers, e.g. 784,300,300,100,10") from None
+    if len(sizes) < 3 or min(sizes) < 1:
+        raise ConfigError(f"--sizes {text!r}: expected at least 3 layer sizes >= 1 (input, hidden..., output)")
+    return sizes
+
+
+def _cmd_bench(args) -> int:
+    from .bench import format_table, run_bench
+
+    sizes = _parse_sizes(args.sizes)
+    for name, value, low in (("--steps", args.steps, 1), ("--repeat", args.repeat, 1), ("--samples", args.samples, 1),
+                             ("--relax-samples", args.relax_samples, 1)):
+        if value < low:
+            raise ConfigError(f"{name} {value}: expected an integer >= {low}")
+    overrides = dict(config_mod_parse(text) for text in args.set)
+    from .devices import build_cache_dir
+
+    print("arsim: compiling three builds, then timing...", file=sys.stderr)
+    result = run_bench(sizes, steps=args.steps, repeat=args.repeat, train_samples=args.samples, overrides=overrides,
+                       parts=tuple(args.only) if args.only else ("relax", "train"), relax_samples=args.relax_samples,
+                       build_root=build_cache_dir() if args.cached else None)
+    if args.json:
+        json.dump(result, sys.stdout, indent=1, default=_json_safe)
+        print()
+    else:
+        print(format_table(result))
+    return 0
+
+
+def config_mod_parse(text: str):
+    """``key=value`` override of the bench network (validated when the config is resolved)."""
+    from .config import parse_override
+
+    return parse_override(text)
+
+
 def _json_safe(value):
     if isinstance(value, float):
         return None if not math.isfinite(value) else value
@@ -132,6 +172,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", choices=("cpp", "runtime"), default="cpp", help="Brian2 device (default cpp_standalone)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=_cmd_train)
+
+    bench = sub.add_parser("bench", help="Brian2 vs dense numpy throughput ratios, measured side by side")
+    bench.add_argument("--sizes", default="784,300,300,100,10", help="layer sizes (default: the paper's MNIST net)")
+    bench.add_argument("--steps", type=int, default=100, help="relaxation steps per sample (default 100)")
+    bench.add_argument("--repeat", type=int, default=5, help="repeats; the median and min-max are reported")
+    bench.add_argument("--samples", type=int, default=256, help="training samples per timed run (whole batches of 64)")
+    bench.add_argument("--relax-samples", type=int, default=20, help="samples relaxed per timed relaxation run")
+    bench.add_argument("--only", action="append", choices=("relax", "train"), help="run only this part")
+    bench.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key of the bench network")
+    bench.add_argument("--json", action="store_true", help="print the measurements as JSON")
+    bench.add_argument("--cached", action="store_true", help="reuse cached builds (compile times are those recorded when built)")
+    bench.set_defaults(func=_cmd_bench)
     return parser
 
 

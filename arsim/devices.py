@@ -224,6 +224,10 @@ class StandaloneRunner(Runner):
         if self.directory.exists():
             shutil.rmtree(self.directory)  # a half-finished earlier build
         prefs.reset_to_defaults()
+        # Brian2's default "make -j" starts a compiler for every source file at
+        # once (dozens of processes on a 2-core machine, and several builds
+        # may run side by side): cap the jobs at the core count
+        prefs.devices.cpp_standalone.extra_make_args_unix = [f"-j{os.cpu_count() or 1}"]
         set_device("cpp_standalone", build_on_run=False, directory=str(self.directory))
         try:
             built = build_network(self.topology)

@@ -1,0 +1,245 @@
+"""``arsim bench``: Brian2 against dense numpy, side by side, on the same network.
+
+Every number is a ratio of two timings taken in the same process, one right
+after the other, repeated ``R`` times (median and min-max spread reported),
+because these machines are shared and absolute times drift. Each pair does
+the same work and the bench checks that it computes the same numbers
+(relaxed state or trained weights equal to 1e-9) before it reports a ratio.
+
+Measured (float64):
+
+relaxation, batch 1
+    the compiled Brian2 network relaxing one sample for ``--steps`` Euler
+    steps against `arsim.reference.relax_euler` (a dense BLAS mat-vec loop
+    over the same equations), ``--relax-samples`` samples per run;
+    throughput in synapse-updates per second,
+    counting one multiply-add per weight of every mat-vec done (the forward
+    sweep once, the feedback of projections ``1..L-1`` every step).
+training
+    `arsim.training.BrianTrainer` (one sample at a time, updates summed
+    over the batch in the synapses) against `arsim.ar_batch.ar_epoch`
+    (batched numpy, batch 64: what a user of an array library writes), in
+    samples per second, 100 relaxation steps per sample by default.
+compile time
+    of each build, measured when it was compiled (``arsim bench`` compiles
+    into a fresh directory unless ``--cached``).
+run_args overhead
+    runs of a one-sample build against one run of as many samples: the
+    cost of starting the binary and moving arrays, per run.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import tempfile
+import time
+
+import numpy as np
+
+from . import __version__, ar_batch, oracle
+from .activations import get_activation
+from .config import resolve
+from .devices import StandaloneRunner
+from .network import Topology
+from .reference import relax_euler
+from .relax import draw_problem, network_params
+from .training import BrianTrainer, epoch_order, init_params, train_topology
+
+__all__ = ["run_bench", "format_table"]
+
+
+def _stats(values: list) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def _relax_topology(config: dict, n_samples: int) -> Topology:
+    return Topology(
+        sizes=tuple(config["sizes"]), loss=config["loss"], feedback=config["feedback"], derivative=config["derivative"],
+        ordering=config["ordering"], record_variables=(), record_every=1, max_relax=int(round(config["duration"] / config["dt"])),
+        n_samples=n_samples, forward=config["forward"],
+    )
+
+
+def _synapse_updates(sizes, steps: int) -> int:
+    weights = [sizes[l] * sizes[l + 1] for l in range(len(sizes) - 1)]
+    return sum(weights) + steps * sum(weights[1:])
+
+
+def bench_relaxation(config: dict, repeat: int, n_samples: int, build_root) -> dict:
+    """Relaxation throughput of Brian2 and the numpy loop, and the per-run overhead.
+
+    The timed Brian2 run relaxes ``n_samples`` samples one after the other
+    (the network is reset by each sample's forward sweep), so the cost of
+    starting the binary is spread over them; numpy relaxes the same samples
+    one by one. The overhead of one run is measured separately: ``repeat``
+    runs of a one-sample build against one run of ``repeat`` samples.
+    """
+    steps = int(round(config["duration"] / config["dt"]))
+    runner = StandaloneRunner(_relax_topology(config, n_samples), cache_dir=build_root)
+    compile_seconds = runner.manifest["compile_seconds"]
+    problem = draw_problem(config)
+    params = network_params(runner.topology, config, problem)
+    params["input_values"] = np.tile(problem.x_in, (n_samples, 1))
+    params["target_values"] = np.tile(problem.target, (n_samples, 1))
+    hidden = get_activation(config["activation"], config["leaky_slope"])
+    output = get_activation(config["output_activation"], config["leaky_slope"])
+    eta = config["dt"] / config["tau"]
+
+    def numpy_relax():
+        for _ in range(n_samples):
+            fwd = oracle.forward(problem.W, problem.b, problem.x_in, hidden, output, config["loss"])
+            e = oracle.output_error(fwd.xbar[-1], problem.target, config["loss"])
+            state, _ = relax_euler(problem.B, fwd.xbar, fwd.fp, e, eta, steps, config["derivative"], config["ordering"],
+                                   record_every=steps + 1)
+        return state
+
+    brian_times, numpy_times = [], []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        raw = runner.run(params)
+        brian_times.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        state = numpy_relax()
+        numpy_times.append(time.perf_counter() - t0)
+    n_layers = len(config["sizes"]) - 1
+    deviation = max(float(np.max(np.abs(raw[f"layer{l}.x"] - state[l]))) for l in range(1, n_layers))
+    if not deviation <= 1e-9:
+        raise AssertionError(f"Brian2 and numpy relaxations differ by {deviation:.3g} (> 1e-9): the ratio would compare unequal work")
+    updates = n_samples * _synapse_updates(config["sizes"], steps)
+    ratios = [n / b for b, n in zip(brian_times, numpy_times)]
+
+    single = StandaloneRunner(_relax_topology(config, 1), cache_dir=build_root)
+    one_params = network_params(single.topology, config, problem)
+    t0 = time.perf_counter()
+    for _ in range(n_samples):
+        single.run(one_params)
+    many_runs = time.perf_counter() - t0
+    overhead = (many_runs - statistics.median(brian_times)) / n_samples
+    return {
+        "steps": steps,
+        "samples_per_run": n_samples,
+        "synapse_updates_per_run": updates,
+        "brian2_seconds": _stats(brian_times),
+        "numpy_seconds": _stats(numpy_times),
+        "brian2_updates_per_second": updates / statistics.median(brian_times),
+        "numpy_updates_per_second": updates / statistics.median(numpy_times),
+        "ratio_brian2_over_numpy": _stats(ratios),
+        "max_abs_deviation": deviation,
+        "compile_seconds": compile_seconds,
+        "single_sample_runs_seconds": many_runs,
+        "overhead_per_run_seconds": overhead,
+    }
+
+
+def bench_training(config: dict, repeat: int, n_samples: int, build_root) -> dict:
+    """Training throughput of the Brian2 network and of batched numpy AR."""
+    batch = config["train.batch_size"]
+    n_samples = max(batch, (n_samples // batch) * batch)
+    trainer = BrianTrainer(config, n_samples, runner=StandaloneRunner(train_topology(config, n_samples), cache_dir=build_root))
+    compile_seconds = trainer.runner.manifest["compile_seconds"]
+    rng = np.random.default_rng([config["seed"], 9])
+    x = rng.uniform(0.0, 1.0, size=(n_samples, config["sizes"][0]))
+    targets = np.eye(config["sizes"][-1])[rng.integers(config["sizes"][-1], size=n_samples)]
+    order = epoch_order(config, n_samples, 1)
+    x, targets = x[order], targets[order]
+    params = init_params(config)
+    brian_times, numpy_times = [], []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        trained = trainer.run_chunk(params, x, targets).params
+        brian_times.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        reference = ar_batch.ar_epoch(config, params, x, targets)
+        numpy_times.append(time.perf_counter() - t0)
+    deviation = max(
+        max(float(np.max(np.abs(a - b))) for a, b in zip(trained.W, reference.W)),
+        max(float(np.max(np.abs(a - b))) for a, b in zip(trained.b, reference.b)),
+    )
+    if not deviation <= 1e-9:
+        raise AssertionError(f"Brian2 and numpy training differ by {deviation:.3g} (> 1e-9): the ratio would compare unequal work")
+    ratios = [n / b for b, n in zip(brian_times, numpy_times)]
+    return {
+        "samples": n_samples,
+        "batch_size": batch,
+        "steps_per_sample": int(round(config["duration"] / config["dt"])),
+        "brian2_samples_per_second": n_samples / statistics.median(brian_times),
+        "numpy_samples_per_second": n_samples / statistics.median(numpy_times),
+        "brian2_seconds": _stats(brian_times),
+        "numpy_seconds": _stats(numpy_times),
+        "ratio_brian2_over_numpy": _stats(ratios),
+        "max_abs_deviation": deviation,
+        "compile_seconds": compile_seconds,
+    }
+
+
+def bench_config(sizes: list, steps: int, batch: int, overrides: dict | None = None) -> dict:
+    """The benchmark network: the paper's training setting on ``sizes``."""
+    return resolve({
+        "name": "bench", "sizes": sizes, "activation": "relu", "output_activation": "linear", "loss": "mse", "bias": True,
+        "init_std": 0.05, "tau": 10.0, "dt": 1.0, "duration": float(steps), "seed": 0,
+        "train.batch_size": batch, "train.lr": 5e-4, "train.align_every": 0, **(overrides or {}),
+    })
+
+
+def run_bench(sizes: list, steps: int = 100, repeat: int = 5, train_samples: int = 256, batch: int = 64,
+              overrides: dict | None = None, parts=("relax", "train"), relax_samples: int = 20, build_root=None) -> dict:
+    """Run the benchmark and return every measurement with the machine description.
+
+    ``build_root`` is where the builds go (default: a fresh temporary
+    directory, so the compile is part of this run). Compile times are those
+    measured when each build was made (stored in its manifest).
+    """
+    import brian2
+    import scipy
+
+    config = bench_config(sizes, steps, batch, overrides)
+    result = {
+        "sizes": list(sizes),
+        "repeat": repeat,
+        "machine": {"cores": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor()},
+        "versions": {"arsim": __version__, "brian2": brian2.__version__, "numpy": np.__version__, "scipy": scipy.__version__,
+                     "python": platform.python_version()},
+        "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "default")),
+    }
+    with tempfile.TemporaryDirectory(prefix="arsim-bench-") as fresh:
+        build_root = fresh if build_root is None else build_root
+        if "relax" in parts:
+            result["relaxation"] = bench_relaxation(config, repeat, relax_samples, build_root)
+        if "train" in parts:
+            result["training"] = bench_training(config, repeat, train_samples, build_root)
+    return result
+
+
+def format_table(result: dict) -> str:
+    """The human-readable report of `run_bench`."""
+    lines = [
+        f"arsim bench: {'-'.join(map(str, result['sizes']))}, float64, median of {result['repeat']} (min-max);"
+        f" {result['machine']['cores']} cores; brian2 {result['versions']['brian2']}, numpy {result['versions']['numpy']}",
+    ]
+    relax = result.get("relaxation")
+    if relax:
+        r = relax["ratio_brian2_over_numpy"]
+        lines += [
+            f"relaxation, batch 1, {relax['steps']} steps, {relax['samples_per_run']} samples per run:",
+            f"  Brian2 cpp_standalone  {relax['brian2_updates_per_second'] / 1e6:10.1f} M synapse-updates/s"
+            f"  ({relax['brian2_seconds']['median'] * 1e3:.1f} ms per run)",
+            f"  numpy dense Euler      {relax['numpy_updates_per_second'] / 1e6:10.1f} M synapse-updates/s"
+            f"  ({relax['numpy_seconds']['median'] * 1e3:.1f} ms per run)",
+            f"  ratio Brian2/numpy     {r['median']:10.3f}  ({r['min']:.3f}-{r['max']:.3f}); max |dx| {relax['max_abs_deviation']:.1e}",
+            f"  compile {relax['compile_seconds']:.1f} s; run_args overhead per run {relax['overhead_per_run_seconds'] * 1e3:.1f} ms"
+            f" ({relax['samples_per_run']} runs of 1 sample: {relax['single_sample_runs_seconds'] * 1e3:.0f} ms,"
+            f" 1 run of {relax['samples_per_run']}: {relax['brian2_seconds']['median'] * 1e3:.0f} ms)",
+        ]
+    train = result.get("training")
+    if train:
+        r = train["ratio_brian2_over_numpy"]
+        lines += [
+            f"training, {train['samples']} samples, {train['steps_per_sample']} steps/sample, updates per batch of {train['batch_size']}:",
+            f"  Brian2 (sample by sample)  {train['brian2_samples_per_second']:10.1f} samples/s",
+            f"  numpy batched ({train['batch_size']})        {train['numpy_samples_per_second']:10.1f} samples/s",
+            f"  ratio Brian2/numpy         {r['median']:10.3f}  ({r['min']:.3f}-{r['max']:.3f}); max |dW| {train['max_abs_deviation']:.1e}",
+            f"  compile {train['compile_seconds']:.1f} s",
+        ]
+    return "\n".join(lines)

@@ -1,0 +1,61 @@
+"""``arsim bench``: it measures equal work and reports every ratio (no timing assertions)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from arsim import bench
+from arsim.cli import main
+
+
+@pytest.fixture(scope="module")
+def tiny_result(build_dir):
+    return bench.run_bench([6, 5, 4, 3], steps=7, repeat=2, train_samples=8, batch=4, relax_samples=3, build_root=build_dir)
+
+
+def test_bench_reports_ratios_of_checked_equal_work(tiny_result):
+    relax, train = tiny_result["relaxation"], tiny_result["training"]
+    assert relax["max_abs_deviation"] <= 1e-9 and train["max_abs_deviation"] <= 1e-9
+    # synapse updates: forward once, feedback of projections 1.. every step, per sample
+    assert relax["synapse_updates_per_run"] == 3 * ((30 + 20 + 12) + 7 * (20 + 12))
+    for part in (relax, train):
+        stats = part["ratio_brian2_over_numpy"]
+        assert stats["n"] == 2 and 0 < stats["min"] <= stats["median"] <= stats["max"]
+        assert part["compile_seconds"] > 0  # as measured when the build was made
+    assert train["samples"] == 8 and train["batch_size"] == 4
+    assert tiny_result["machine"]["cores"] >= 1 and "brian2" in tiny_result["versions"]
+    text = bench.format_table(tiny_result)
+    assert "ratio Brian2/numpy" in text and "synapse-updates/s" in text and "samples/s" in text
+
+
+def test_bench_refuses_to_compare_unequal_work(monkeypatch, build_dir):
+    """If the numpy side computed something else, no ratio is reported."""
+    original = bench.relax_euler
+
+    def wrong(*args, **kwargs):
+        state, trace = original(*args, **kwargs)
+        state[1] = state[1] + 1e-6
+        return state, trace
+
+    monkeypatch.setattr(bench, "relax_euler", wrong)
+    with pytest.raises(AssertionError, match="differ"):
+        bench.run_bench([6, 5, 4, 3], steps=7, repeat=1, train_samples=8, batch=4, relax_samples=2, parts=("relax",), build_root=build_dir)
+
+
+def test_bench_cli_json_and_errors(capsys):
+    assert main(["bench", "--sizes", "6,5,4,3", "--steps", "7", "--repeat", "1", "--relax-samples", "2", "--only", "relax", "--json", "--cached"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["relaxation"]["steps"] == 7 and "training" not in out
+    assert main(["bench", "--sizes", "6,x"]) == 2
+    assert "--sizes" in capsys.readouterr().err
+    assert main(["bench", "--repeat", "0"]) == 2
+    assert "--repeat 0" in capsys.readouterr().err
+    assert main(["bench", "--sizes", "6,5,4,3", "--set", "activation=cubic"]) == 2
+    assert "activation" in capsys.readouterr().err
+
+
+def test_synapse_update_count_closed_form():
+    sizes = [784, 300, 300, 100, 10]
+    weights = np.array([784 * 300, 300 * 300, 300 * 100, 100 * 10])
+    assert bench._synapse_updates(sizes, 100) == weights.sum() + 100 * weights[1:].sum()
