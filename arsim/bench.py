@@ -58,7 +58,7 @@ def _relax_topology(config: dict, n_samples: int) -> Topology:
     return Topology(
         sizes=tuple(config["sizes"]), loss=config["loss"], feedback=config["feedback"], derivative=config["derivative"],
         ordering=config["ordering"], record_variables=(), record_every=1, max_relax=int(round(config["duration"] / config["dt"])),
-        n_samples=n_samples, forward=config["forward"],
+        n_samples=n_samples, forward=config["forward"], projection=config["projection"],
     )
 
 
@@ -184,7 +184,8 @@ def bench_config(sizes: list, steps: int, batch: int, overrides: dict | None = N
 
 
 def run_bench(sizes: list, steps: int = 100, repeat: int = 5, train_samples: int = 256, batch: int = 64,
-              overrides: dict | None = None, parts=("relax", "train"), relax_samples: int = 20, build_root=None) -> dict:
+              overrides: dict | None = None, parts=("relax", "train"), relax_samples: int = 20, build_root=None,
+              projections=("dense", "synapses")) -> dict:
     """Run the benchmark and return every measurement with the machine description.
 
     ``build_root`` is where the builds go (default: a fresh temporary
@@ -194,7 +195,6 @@ def run_bench(sizes: list, steps: int = 100, repeat: int = 5, train_samples: int
     import brian2
     import scipy
 
-    config = bench_config(sizes, steps, batch, overrides)
     result = {
         "sizes": list(sizes),
         "repeat": repeat,
@@ -205,10 +205,13 @@ def run_bench(sizes: list, steps: int = 100, repeat: int = 5, train_samples: int
     }
     with tempfile.TemporaryDirectory(prefix="arsim-bench-") as fresh:
         build_root = fresh if build_root is None else build_root
-        if "relax" in parts:
-            result["relaxation"] = bench_relaxation(config, repeat, relax_samples, build_root)
-        if "train" in parts:
-            result["training"] = bench_training(config, repeat, train_samples, build_root)
+        for projection in projections:
+            config = bench_config(sizes, steps, batch, {**(overrides or {}), "projection": projection})
+            part = result.setdefault("projections", {}).setdefault(projection, {})
+            if "relax" in parts:
+                part["relaxation"] = bench_relaxation(config, repeat, relax_samples, build_root)
+            if "train" in parts:
+                part["training"] = bench_training(config, repeat, train_samples, build_root)
     return result
 
 
@@ -216,30 +219,33 @@ def format_table(result: dict) -> str:
     """The human-readable report of `run_bench`."""
     lines = [
         f"arsim bench: {'-'.join(map(str, result['sizes']))}, float64, median of {result['repeat']} (min-max);"
-        f" {result['machine']['cores']} cores; brian2 {result['versions']['brian2']}, numpy {result['versions']['numpy']}",
+        f" {result['machine']['cores']} cores; brian2 {result['versions']['brian2']}, numpy {result['versions']['numpy']};"
+        f" BLAS threads {result['blas_threads']}",
     ]
-    relax = result.get("relaxation")
-    if relax:
-        r = relax["ratio_brian2_over_numpy"]
-        lines += [
-            f"relaxation, batch 1, {relax['steps']} steps, {relax['samples_per_run']} samples per run:",
-            f"  Brian2 cpp_standalone  {relax['brian2_updates_per_second'] / 1e6:10.1f} M synapse-updates/s"
-            f"  ({relax['brian2_seconds']['median'] * 1e3:.1f} ms per run)",
-            f"  numpy dense Euler      {relax['numpy_updates_per_second'] / 1e6:10.1f} M synapse-updates/s"
-            f"  ({relax['numpy_seconds']['median'] * 1e3:.1f} ms per run)",
-            f"  ratio Brian2/numpy     {r['median']:10.3f}  ({r['min']:.3f}-{r['max']:.3f}); max |dx| {relax['max_abs_deviation']:.1e}",
-            f"  compile {relax['compile_seconds']:.1f} s; run_args overhead per run {relax['overhead_per_run_seconds'] * 1e3:.1f} ms"
-            f" ({relax['samples_per_run']} runs of 1 sample: {relax['single_sample_runs_seconds'] * 1e3:.0f} ms,"
-            f" 1 run of {relax['samples_per_run']}: {relax['brian2_seconds']['median'] * 1e3:.0f} ms)",
-        ]
-    train = result.get("training")
-    if train:
-        r = train["ratio_brian2_over_numpy"]
-        lines += [
-            f"training, {train['samples']} samples, {train['steps_per_sample']} steps/sample, updates per batch of {train['batch_size']}:",
-            f"  Brian2 (sample by sample)  {train['brian2_samples_per_second']:10.1f} samples/s",
-            f"  numpy batched ({train['batch_size']})        {train['numpy_samples_per_second']:10.1f} samples/s",
-            f"  ratio Brian2/numpy         {r['median']:10.3f}  ({r['min']:.3f}-{r['max']:.3f}); max |dW| {train['max_abs_deviation']:.1e}",
-            f"  compile {train['compile_seconds']:.1f} s",
-        ]
+    for projection, part in result["projections"].items():
+        relax = part.get("relaxation")
+        if relax:
+            r = relax["ratio_brian2_over_numpy"]
+            lines += [
+                f"[projection = {projection}] relaxation, batch 1, {relax['steps']} steps, {relax['samples_per_run']} samples per run:",
+                f"  Brian2 cpp_standalone  {relax['brian2_updates_per_second'] / 1e6:10.1f} M synapse-updates/s"
+                f"  ({relax['brian2_seconds']['median'] * 1e3:.1f} ms per run)",
+                f"  numpy dense Euler      {relax['numpy_updates_per_second'] / 1e6:10.1f} M synapse-updates/s"
+                f"  ({relax['numpy_seconds']['median'] * 1e3:.1f} ms)",
+                f"  ratio Brian2/numpy     {r['median']:10.3f}  ({r['min']:.3f}-{r['max']:.3f}); max |dx| {relax['max_abs_deviation']:.1e}",
+                f"  compile {relax['compile_seconds']:.1f} s; run_args overhead per run {relax['overhead_per_run_seconds'] * 1e3:.1f} ms"
+                f" ({relax['samples_per_run']} runs of 1 sample: {relax['single_sample_runs_seconds'] * 1e3:.0f} ms,"
+                f" 1 run of {relax['samples_per_run']}: {relax['brian2_seconds']['median'] * 1e3:.0f} ms)",
+            ]
+        train = part.get("training")
+        if train:
+            r = train["ratio_brian2_over_numpy"]
+            lines += [
+                f"[projection = {projection}] training, {train['samples']} samples, {train['steps_per_sample']} steps/sample,"
+                f" updates per batch of {train['batch_size']}:",
+                f"  Brian2 (sample by sample)  {train['brian2_samples_per_second']:10.1f} samples/s",
+                f"  numpy batched ({train['batch_size']})        {train['numpy_samples_per_second']:10.1f} samples/s",
+                f"  ratio Brian2/numpy         {r['median']:10.3f}  ({r['min']:.3f}-{r['max']:.3f}); max |dW| {train['max_abs_deviation']:.1e}",
+                f"  compile {train['compile_seconds']:.1f} s",
+            ]
     return "\n".join(lines)

@@ -126,10 +126,10 @@ def _cmd_bench(args) -> int:
     overrides = dict(config_mod_parse(text) for text in args.set)
     from .devices import build_cache_dir
 
-    print("arsim: compiling three builds, then timing...", file=sys.stderr)
+    print("arsim: compiling three builds per projection backend, then timing...", file=sys.stderr)
     result = run_bench(sizes, steps=args.steps, repeat=args.repeat, train_samples=args.samples, overrides=overrides,
                        parts=tuple(args.only) if args.only else ("relax", "train"), relax_samples=args.relax_samples,
-                       build_root=build_cache_dir() if args.cached else None)
+                       build_root=build_cache_dir() if args.cached else None, projections=tuple(args.projection or ("dense", "synapses")))
     if args.json:
         json.dump(result, sys.stdout, indent=1, default=_json_safe)
         print()
@@ -180,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--samples", type=int, default=256, help="training samples per timed run (whole batches of 64)")
     bench.add_argument("--relax-samples", type=int, default=20, help="samples relaxed per timed relaxation run")
     bench.add_argument("--only", action="append", choices=("relax", "train"), help="run only this part")
+    bench.add_argument("--projection", action="append", choices=("dense", "synapses"),
+                       help="Brian2 projection backend(s) to time (default both)")
     bench.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key of the bench network")
     bench.add_argument("--json", action="store_true", help="print the measurements as JSON")
     bench.add_argument("--cached", action="store_true", help="reuse cached builds (compile times are those recorded when built)")

@@ -121,6 +121,12 @@ SCHEMA: dict[str, Key] = {
         "frozen: relaxation and update use the stored xbar, f'(a) (AR); relaxed: the current x and f'(W x + b) (follow-up paper)",
         shape_key=True,
     ),
+    "projection": Key(
+        str, "dense", _one_of("dense", "synapses"),
+        "how a projection computes W xbar, the feedback B (x f') and (relaxed) W x: dense: C++ mat-vecs over the"
+        " synaptic weights (fast); synapses: plain Brian2 (summed) variables (the reference idiom, equal to round-off)",
+        shape_key=True,
+    ),
     "initial_state": Key(
         str, "forward", _one_of("forward", "zero"), "hidden x(0): the forward activity xbar (AR) or 0 (cold start, closed-form error law)"
     ),

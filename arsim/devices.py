@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -62,20 +63,27 @@ def build_cache_dir() -> Path:
 
 
 #: modules whose code ends up in the compiled network
-_MODEL_SOURCES = ("network.py", "neuron.py", "rules.py", "activations.py", "devices.py")
+_MODEL_SOURCES = ("network.py", "neuron.py", "rules.py", "activations.py", "cpp_projection.py", "devices.py")
 
 
+@functools.lru_cache(maxsize=None)
 def _model_source_digest() -> str:
-    """Digest of the modules that generate the network.
+    """Digest of the modules that generate the network, as this process imported them.
 
     Part of the build key, so an edit to the model code (a new release or a
-    development checkout) can never run a stale binary from the cache.
+    development checkout) can never run a stale binary from the cache. It is
+    taken once, at import: a long-running process that builds with the code
+    it loaded must not file that build under the digest of files edited
+    since.
     """
     here = Path(__file__).resolve().parent
     digest = hashlib.sha256()
     for name in _MODEL_SOURCES:
         digest.update((here / name).read_bytes())
     return digest.hexdigest()[:16]
+
+
+_model_source_digest()
 
 
 def _topology_hash(topo: Topology) -> str:
@@ -254,10 +262,9 @@ class StandaloneRunner(Runner):
     def run(self, params: dict, keep_results: bool = False) -> dict:
         """Run the binary once with ``params``; return every result array."""
         checked = self.check_params(params)
-        static = self.directory / "static_arrays"
-        static.mkdir(exist_ok=True)
+        # inputs go into this run's own directory: concurrent runs of one build
+        # (sweep workers, parallel trainings) can never delete each other's files
         results_dir = Path(tempfile.mkdtemp(prefix="results_", dir=self.directory))
-        written = []
         args = ["--results_dir", str(results_dir) + os.sep]
         try:
             for key, value in checked.items():
@@ -266,12 +273,9 @@ class StandaloneRunner(Runner):
                 if value.size == 1 and key not in ("input_values", "target_values"):
                     args.append(f"{spec['arg']}={value.item()!r}")
                     continue
-                name = f"arsim_{key}_{hashlib.md5(value.tobytes()).hexdigest()}.dat"
-                tmp = static / (name + f".{os.getpid()}.tmp")
-                value.tofile(tmp)
-                os.replace(tmp, static / name)
-                written.append(static / name)
-                args.append(f"{spec['arg']}={os.path.join('static_arrays', name)}")
+                path = results_dir / f"arsim_input_{key}.dat"
+                value.tofile(path)
+                args.append(f"{spec['arg']}={path}")
             env = dict(os.environ, LD_BIND_NOW="1")
             proc = subprocess.run(["./main", *args], cwd=self.directory, env=env, capture_output=True, text=True)
             if proc.returncode != 0 or "Error" in proc.stderr:
@@ -281,12 +285,11 @@ class StandaloneRunner(Runner):
             raw = {}
             for key, spec in self.manifest["outputs"].items():
                 path = results_dir / spec["file"]
-                raw[key] = np.fromfile(path, dtype=spec["dtype"]) if path.exists() else np.zeros(0)
+                if not path.exists():  # a result the binary did not write is an error, never an empty array
+                    raise RuntimeError(f"standalone run in {self.directory} wrote no {spec['file']} (result {key})")
+                raw[key] = np.fromfile(path, dtype=spec["dtype"])
             return _reshape_results(self.topology, raw)
         finally:
-            for path in written:
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()  # content-hashed inputs would otherwise pile up
             if not keep_results:
                 shutil.rmtree(results_dir, ignore_errors=True)
 

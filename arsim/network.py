@@ -23,6 +23,10 @@ updates: the synchronous (Jacobi) step of continuous time. With
 layer's feedback reads the state just updated above it (Gauss-Seidel, as in
 the AR authors' code, SPEC section 6).
 
+With ``projection = "dense"`` the three sums (``a``, ``anow``, ``fb``) are
+C++ mat-vecs over the projection's weight array at the same slots and
+orders (`arsim.cpp_projection`) instead of Brian2 ``(summed)`` variables.
+
 Simulated time runs on one clock of step ``DT_INTERNAL = 2**-10 s``; the
 time constant given to Brian2 is ``tau * DT_INTERNAL / dt``, so the Euler map
 (which depends only on ``eta = dt / tau``) is the model file's, one compiled
@@ -38,6 +42,7 @@ import numpy as np
 from brian2 import Clock, NeuronGroup, Network, StateMonitor, Synapses, TimedArray, second
 
 from .activations import ACTIVATION_CODES, brian_functions
+from .cpp_projection import TICK_EQUATION, add_dense_projection
 from .neuron import neuron_equations, store_code
 from .rules import FeedbackRule, get_rule
 
@@ -67,6 +72,7 @@ class Topology:
     forward: str = "frozen"
     train: bool = False
     align_interval: int = 0
+    projection: str = "synapses"
 
     @property
     def n_layers(self) -> int:
@@ -103,6 +109,7 @@ def topology_from_config(config: dict, max_relax: int | None = None, n_samples: 
         record_every=int(config["record.every"]),
         max_relax=int(max_relax if max_relax is not None else n_relax_steps(config)),
         n_samples=n_samples,
+        projection=config["projection"],
     )
 
 
@@ -175,26 +182,33 @@ def build_network(topo: Topology) -> BuiltNetwork:
         layers.append(group)
 
     projections = []
+    dense = topo.projection == "dense"
     for index in range(n_layers):
         pre, post = layers[index], layers[index + 1]
-        model = ["w : 1", rule.projection_equations(), "a_post = w * xbar_pre : 1 (summed)"]
+        if dense:
+            # the sums (a, anow, fb) are C++ mat-vecs over w / wb (arsim/cpp_projection.py)
+            model = ["w : 1", rule.synapse_equations, TICK_EQUATION]
+        else:
+            model = ["w : 1", rule.projection_equations(), "a_post = w * xbar_pre : 1 (summed)"]
         if topo.train:
             model.append("dw_acc : 1")
-        if index >= 1:  # the input layer does not relax: no feedback into it
+        if index >= 1 and not dense:  # the input layer does not relax: no feedback into it
             model.append(f"fb_pre = {rule.feedback_expression()} : 1 (summed)")
-        syn = Synapses(pre, post, model="\n".join(m for m in model if m), clock=clock, namespace=namespace, name=f"proj{index}")
+        syn = Synapses(
+            pre, post, model="\n".join(m for m in model if m), clock=clock,
+            namespace=dict(namespace) if dense else namespace, name=f"proj{index}",
+        )
         i, j = projection_indices(len(pre), len(post))
         syn.connect(i=i, j=j)
-        forward_sum = syn.summed_updaters["a_post"]
-        forward_sum.when, forward_sum.order = "start", 3 * (index + 1) - 2
-        # the forward sweep happens once per sample: running the sum on every
-        # relaxation step would double the synaptic work for nothing
-        forward_sum._clock = sample_clock
-        if not rule.frozen_forward:
-            # every step, before anything reads fpnow: the drive of the state the
-            # step starts from (and, at a sample's step 0, of the final relaxed state)
-            current_sum = syn.summed_updaters["anow_post"]
-            current_sum.when, current_sum.order = "start", ORDER_CURRENT_DRIVE
+        if dense:
+            add_dense_projection(
+                syn, pre, post, rule, act_fp=namespace["act_fp"],
+                forward_order=3 * (index + 1) - 2, sample_dt=sample_dt,
+                feedback_order=pre.order - 1 if index >= 1 else None,
+                current_drive_order=None if rule.frozen_forward else ORDER_CURRENT_DRIVE,
+            )
+        else:
+            _schedule_summed(syn, index, rule, sample_clock)
         if topo.train:
             syn.run_regularly(rule.accumulate_code(), dt=sample_dt, when="start", order=ORDER_ACCUMULATE, name=f"proj{index}_accumulate")
             syn.run_regularly(rule.apply_code(), dt=sample_dt, when="start", order=ORDER_APPLY, name=f"proj{index}_apply")
@@ -261,6 +275,20 @@ def build_network(topo: Topology) -> BuiltNetwork:
 
 # start-slot orders of the plasticity operations: all before the forward sweep (orders >= 0)
 ORDER_CURRENT_DRIVE, ORDER_ACCUMULATE, ORDER_ALIGN, ORDER_APPLY = -40, -30, -20, -10
+
+
+def _schedule_summed(syn, index: int, rule: FeedbackRule, sample_clock) -> None:
+    """Place the summed updaters of projection ``index`` (``projection = "synapses"``)."""
+    forward_sum = syn.summed_updaters["a_post"]
+    forward_sum.when, forward_sum.order = "start", 3 * (index + 1) - 2
+    # the forward sweep happens once per sample: running the sum on every
+    # relaxation step would double the synaptic work for nothing
+    forward_sum._clock = sample_clock
+    if not rule.frozen_forward:
+        # every step, before anything reads fpnow: the drive of the state the
+        # step starts from (and, at a sample's step 0, of the final relaxed state)
+        current_sum = syn.summed_updaters["anow_post"]
+        current_sum.when, current_sum.order = "start", ORDER_CURRENT_DRIVE
 
 
 def _add_bias_plasticity(group, sample_dt, rule: FeedbackRule) -> None:

@@ -114,6 +114,7 @@ def train_topology(config: dict, chunk_samples: int, max_relax: int | None = Non
         n_samples=chunk_samples,
         train=True,
         align_interval=align,
+        projection=base.projection,
     )
 
 

@@ -11,11 +11,12 @@ from arsim.cli import main
 
 @pytest.fixture(scope="module")
 def tiny_result(build_dir):
-    return bench.run_bench([6, 5, 4, 3], steps=7, repeat=2, train_samples=8, batch=4, relax_samples=3, build_root=build_dir)
+    return bench.run_bench([6, 5, 4, 3], steps=7, repeat=2, train_samples=8, batch=4, relax_samples=3, build_root=build_dir,
+                           projections=("dense",))
 
 
 def test_bench_reports_ratios_of_checked_equal_work(tiny_result):
-    relax, train = tiny_result["relaxation"], tiny_result["training"]
+    relax, train = tiny_result["projections"]["dense"]["relaxation"], tiny_result["projections"]["dense"]["training"]
     assert relax["max_abs_deviation"] <= 1e-9 and train["max_abs_deviation"] <= 1e-9
     # synapse updates: forward once, feedback of projections 1.. every step, per sample
     assert relax["synapse_updates_per_run"] == 3 * ((30 + 20 + 12) + 7 * (20 + 12))
@@ -40,13 +41,15 @@ def test_bench_refuses_to_compare_unequal_work(monkeypatch, build_dir):
 
     monkeypatch.setattr(bench, "relax_euler", wrong)
     with pytest.raises(AssertionError, match="differ"):
-        bench.run_bench([6, 5, 4, 3], steps=7, repeat=1, train_samples=8, batch=4, relax_samples=2, parts=("relax",), build_root=build_dir)
+        bench.run_bench([6, 5, 4, 3], steps=7, repeat=1, train_samples=8, batch=4, relax_samples=2, parts=("relax",), build_root=build_dir,
+                         projections=("dense",))
 
 
 def test_bench_cli_json_and_errors(capsys):
-    assert main(["bench", "--sizes", "6,5,4,3", "--steps", "7", "--repeat", "1", "--relax-samples", "2", "--only", "relax", "--json", "--cached"]) == 0
+    assert main(["bench", "--sizes", "6,5,4,3", "--steps", "7", "--repeat", "1", "--relax-samples", "2", "--only", "relax", "--json", "--cached",
+                 "--projection", "dense"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["relaxation"]["steps"] == 7 and "training" not in out
+    assert out["projections"]["dense"]["relaxation"]["steps"] == 7 and "training" not in out["projections"]["dense"]
     assert main(["bench", "--sizes", "6,x"]) == 2
     assert "--sizes" in capsys.readouterr().err
     assert main(["bench", "--repeat", "0"]) == 2

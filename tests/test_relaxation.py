@@ -9,6 +9,8 @@ from arsim.reference import relax_euler
 
 VARIANTS = [
     {},
+    {"projection": "synapses"},
+    {"projection": "synapses", "loss": "ce", "bias": True, "activation": "relu", "output_activation": "linear", "ordering": "sequential"},
     {"ordering": "sequential"},
     {"feedback": "random", "feedback_std": 0.5},
     {"feedback": "learned", "feedback_std": 0.5, "derivative": False},

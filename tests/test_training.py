@@ -22,6 +22,11 @@ RULES = {
     "ce+relu": {"loss": "ce", "activation": "relu", "output_activation": "linear"},
     "relaxed-forward": {"forward": "relaxed"},
     "relaxed-forward+learned+sequential": {"forward": "relaxed", "feedback": "learned", "feedback_std": 0.4, "ordering": "sequential"},
+    # the plain Brian2 (summed) projections, the reference idiom
+    "synapses": {"projection": "synapses"},
+    "synapses+relaxed+learned+sequential": {
+        "projection": "synapses", "forward": "relaxed", "feedback": "learned", "feedback_std": 0.4, "ordering": "sequential",
+    },
 }
 
 
