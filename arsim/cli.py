@@ -186,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="print the measurements as JSON")
     bench.add_argument("--cached", action="store_true", help="reuse cached builds (compile times are those recorded when built)")
     bench.set_defaults(func=_cmd_bench)
+    from . import cli_sweep  # the sweep and results subcommands
+
+    cli_sweep.register(sub)
     return parser
 
 
