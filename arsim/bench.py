@@ -184,7 +184,7 @@ def bench_config(sizes: list, steps: int, batch: int, overrides: dict | None = N
 
 
 def run_bench(sizes: list, steps: int = 100, repeat: int = 5, train_samples: int = 256, batch: int = 64,
-              overrides: dict | None = None, parts=("relax", "train"), relax_samples: int = 20, build_root=None,
+              overrides: dict | None = None, parts=("relax", "train"), relax_samples: int = 100, build_root=None,
               projections=("dense", "synapses")) -> dict:
     """Run the benchmark and return every measurement with the machine description.
 

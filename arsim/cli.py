@@ -178,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--steps", type=int, default=100, help="relaxation steps per sample (default 100)")
     bench.add_argument("--repeat", type=int, default=5, help="repeats; the median and min-max are reported")
     bench.add_argument("--samples", type=int, default=256, help="training samples per timed run (whole batches of 64)")
-    bench.add_argument("--relax-samples", type=int, default=20, help="samples relaxed per timed relaxation run")
+    bench.add_argument("--relax-samples", type=int, default=100, help="samples relaxed per timed relaxation run")
     bench.add_argument("--only", action="append", choices=("relax", "train"), help="run only this part")
     bench.add_argument("--projection", action="append", choices=("dense", "synapses"),
                        help="Brian2 projection backend(s) to time (default both)")

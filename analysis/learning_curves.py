@@ -1,0 +1,195 @@
+"""Learning curves of AR and its simplifications against backprop.
+
+Reproduces the training comparison of Millidge, Tschantz, Seth & Buckley
+(2020), "Activation Relaxation: A Local Dynamical Approximation to
+Backpropagation in the Brain", arXiv:2009.05359, section 4 (their Fig. 2):
+AR with exact feedback, with learned backward weights, without the nonlinear
+derivative in the dynamics, both simplifications combined, and with random
+fixed backward weights, each trained in arsim's Brian2 network, against the
+numpy backprop baseline started from the same weights with the same sample
+order and batches. Curves are the mean over seeds with the min-max band.
+
+Two stages:
+
+``simulate``
+    ``python analysis/learning_curves.py simulate models/digits_ar.toml --seeds 0 1 2``
+    runs every variant and seed with ``arsim.experiment.train`` into
+    ``analysis/data/training/<model>/<variant>-seed<k>/`` (``--resume``
+    semantics: a finished run is kept, a killed one continues).
+``plot``
+    ``python analysis/learning_curves.py plot analysis/data/training/digits_ar``
+    draws test accuracy, train loss and the per-layer angle between the
+    rule's update and BP's gradient from the stored ``metrics.json`` files
+    only, into ``figures/learning_curves_<model>.{png,svg}``, and prints the
+    final-epoch table (mean and spread of test accuracy per variant).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: variant name -> model-key overrides (the order is the legend order)
+VARIANTS = {
+    "bp": {"train.rule": "bp"},
+    "ar": {},
+    "ar-learned": {"feedback": "learned"},
+    "ar-noderiv": {"derivative": False},
+    "ar-learned-noderiv": {"feedback": "learned", "derivative": False},
+    "ar-random": {"feedback": "random"},
+    "ar-relaxed": {"forward": "relaxed"},
+}
+LABELS = {
+    "bp": "backprop",
+    "ar": "AR (exact)",
+    "ar-learned": "AR, learned B",
+    "ar-noderiv": "AR, no f' in dynamics",
+    "ar-learned-noderiv": "AR, learned B + no f'",
+    "ar-random": "AR, random fixed B",
+    "ar-relaxed": "AR, relaxed forward pass",
+}
+
+
+def simulate(model: str, seeds: list, variants: list, out_root: Path, epochs: int | None, quiet: bool) -> None:
+    """Train every variant and seed; finished runs are kept, interrupted ones resumed."""
+    from arsim import config as config_mod
+    from arsim.experiment import CHECKPOINT, train
+
+    for variant in variants:
+        for seed in seeds:
+            overrides = [f"{k}={json.dumps(v) if isinstance(v, str) else str(v).lower()}" for k, v in VARIANTS[variant].items()]
+            overrides.append(f"seed={seed}")
+            if epochs is not None:
+                overrides.append(f"train.epochs={epochs}")
+            config = config_mod.load(model, overrides)
+            out = out_root / config["name"] / f"{variant}-seed{seed}"
+            print(f"== {variant}, seed {seed} -> {out}", file=sys.stderr)
+            summary = train(config, out, resume=(out / CHECKPOINT).exists(), progress=not quiet)
+            last = summary.rows[-1]
+            print(
+                f"   test acc {last['test_accuracy']:.4f}, {summary.samples_per_second:.0f} samples/s,"
+                f" compile {summary.compile_seconds:.1f} s",
+                file=sys.stderr,
+            )
+
+
+def load_runs(directory: Path) -> dict:
+    """``{variant: [rows of seed 0, rows of seed 1, ...]}`` from ``<variant>-seed<k>/metrics.json``."""
+    runs = {}
+    for path in sorted(directory.glob("*-seed*/metrics.json")):
+        variant = path.parent.name.rsplit("-seed", 1)[0]
+        runs.setdefault(variant, []).append(json.loads(path.read_text()))
+    if not runs:
+        raise SystemExit(f"learning_curves: no */metrics.json under {directory}")
+    return runs
+
+
+def _series(runs: list, key: str) -> tuple[np.ndarray, np.ndarray]:
+    n_epochs = min(len(rows) for rows in runs)
+    values = np.array([[np.nan if r[key] is None else r[key] for r in rows[:n_epochs]] for rows in runs], dtype=float)
+    return np.array([r["epoch"] for r in runs[0][:n_epochs]]), values
+
+
+def final_table(runs: dict) -> list:
+    """Per variant: seeds, epochs, mean / min / max final test accuracy."""
+    table = []
+    for variant in [v for v in VARIANTS if v in runs] + [v for v in runs if v not in VARIANTS]:
+        epochs, acc = _series(runs[variant], "test_accuracy")
+        final = acc[:, -1]
+        table.append({
+            "variant": variant, "seeds": len(final), "epochs": int(epochs[-1]),
+            "test_accuracy_mean": float(np.mean(final)), "test_accuracy_min": float(np.min(final)),
+            "test_accuracy_max": float(np.max(final)),
+        })
+    return table
+
+
+def plot(directory: Path, out_dir: Path) -> list:
+    """Draw the learning curves of the runs under ``directory``; return the final table."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = load_runs(directory)
+    order = [v for v in VARIANTS if v in runs] + [v for v in runs if v not in VARIANTS]
+    colors = dict(zip(order, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 2))
+    n_proj = sum(1 for k in runs[order[0]][0][0] if k.startswith("angle_deg_"))
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2), constrained_layout=True)
+    for variant in order:
+        seeds = runs[variant]
+        style = {"color": colors[variant], "lw": 2 if variant in ("bp", "ar") else 1.4, "ls": "--" if variant == "bp" else "-"}
+        for ax, key in ((axes[0], "test_accuracy"), (axes[1], "train_loss")):
+            epochs, values = _series(seeds, key)
+            ax.plot(epochs, values.mean(axis=0), label=f"{LABELS.get(variant, variant)} (n={len(seeds)})", **style)
+            if len(seeds) > 1:
+                ax.fill_between(epochs, values.min(axis=0), values.max(axis=0), color=colors[variant], alpha=0.2, lw=0)
+        if variant != "bp":
+            # epoch 0 has no update to measure: its angle is NaN by design
+            epochs, values = _series(seeds, "angle_deg_0")
+            axes[2].plot(epochs[1:], np.mean(values[:, 1:], axis=0), label=LABELS.get(variant, variant), **style)
+            if n_proj > 2:
+                epochs, values = _series(seeds, f"angle_deg_{n_proj - 2}")
+                axes[2].plot(epochs[1:], np.mean(values[:, 1:], axis=0), color=colors[variant], lw=1, ls=":")
+    config = json.loads(next(directory.glob("*/run.json")).read_text())["config"]
+    axes[0].set(xlabel="epoch", ylabel="test accuracy", title="test accuracy (mean, min-max over seeds)")
+    axes[1].set(xlabel="epoch", ylabel="train loss per sample", yscale="log", title=f"summed {config['loss']} loss")
+    axes[2].set(xlabel="epoch", ylabel="angle to BP gradient [deg]", yscale="log",
+                title=f"update vs BP: $W^0$ (solid), $W^{n_proj - 2}$ (dotted)")
+    axes[0].legend(fontsize=8, loc="lower right")
+    axes[2].legend(fontsize=7, loc="best")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    eta = config["dt"] / config["tau"]
+    steps = int(round(config["duration"] / config["dt"]))
+    fig.suptitle(
+        f"{config['name']}: {'-'.join(map(str, config['sizes']))} {config['activation']}, data {config['train.data']},"
+        f" batch {config['train.batch_size']}, lr {config['train.lr']:g}, {steps} relaxation steps at dt/tau = {eta:g}",
+        fontsize=10,
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for ext in ("png", "svg"):
+        fig.savefig(out_dir / f"learning_curves_{config['name']}.{ext}", dpi=200)
+    plt.close(fig)
+    return final_table(runs)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="stage", required=True)
+    sim = sub.add_parser("simulate", help="train every variant and seed")
+    sim.add_argument("model")
+    sim.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    sim.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    sim.add_argument("--epochs", type=int)
+    sim.add_argument("--data-dir", type=Path, default=ROOT / "analysis" / "data" / "training")
+    sim.add_argument("--quiet", action="store_true")
+    draw = sub.add_parser("plot", help="draw the stored runs of one model")
+    draw.add_argument("directory", type=Path)
+    draw.add_argument("--out-dir", type=Path, default=ROOT / "figures")
+    args = parser.parse_args(argv)
+    if args.stage == "simulate":
+        from arsim.config import ConfigError
+
+        try:
+            simulate(args.model, args.seeds, args.variants, args.data_dir, args.epochs, args.quiet)
+        except ConfigError as err:
+            print(f"learning_curves: error: {err}", file=sys.stderr)
+            return 2
+        return 0
+    table = plot(args.directory, args.out_dir)
+    print(f"{'variant':>20} {'seeds':>5} {'epochs':>6} {'test acc mean':>14} {'min':>7} {'max':>7}")
+    for row in table:
+        print(f"{row['variant']:>20} {row['seeds']:>5} {row['epochs']:>6} {row['test_accuracy_mean']:>14.4f}"
+              f" {row['test_accuracy_min']:>7.4f} {row['test_accuracy_max']:>7.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
