@@ -32,11 +32,8 @@ Figures go to ``figures/<data file stem>.{png,svg}`` (``--out-dir`` to change).
 
 from __future__ import annotations
 
-import argparse
-import io
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 import matplotlib
@@ -46,9 +43,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from arsim import metrics  # noqa: E402
-from arsim.config import ConfigError, load, n_relax_steps, resolve  # noqa: E402
+from arsim.config import load, n_relax_steps, resolve  # noqa: E402
 from arsim.devices import get_runner  # noqa: E402
-from arsim.io import atomic_write_bytes, provenance, save_npz, write_json  # noqa: E402
+from arsim import figure_script  # noqa: E402
+from arsim.figure_script import store_data  # noqa: E402
+from arsim.io import provenance  # noqa: E402
 from arsim.network import topology_from_config  # noqa: E402
 from arsim.relax import run_relaxation  # noqa: E402
 
@@ -69,9 +68,6 @@ PAPER_TAU = 10.0  # the paper's 100 steps at dt/tau = 0.1
 QUICK_KEYS = {"sizes": [6, 5, 5, 5, 2], "init_std": 0.5}
 QUICK_MAX_RELAX = 600
 
-
-class UsageError(ValueError):
-    """Bad command-line input or data file (reported in one line, exit 2)."""
 
 
 def simulate(quick: bool = False) -> tuple[dict, dict]:
@@ -158,21 +154,11 @@ def gradient_angle_trace(u: np.ndarray, xbar_below: np.ndarray, g_star: np.ndarr
 
 def store(data: Path, arrays: dict, meta: dict) -> None:
     """Write ``data`` (.npz) and its provenance (same stem, .json), atomically."""
-    save_npz(data, arrays)
-    write_json(data.with_suffix(".json"), meta)
-
+    store_data(data, arrays, meta)
 
 def load_data(data: Path) -> dict:
     """Read a stored data file of this script, checking that it is one."""
-    try:
-        with np.load(data) as stored:
-            arrays = {key: stored[key] for key in stored.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as err:
-        raise UsageError(f"{data}: not a readable .npz data file ({err})") from None
-    if str(arrays.get("script", "")) != NAME:
-        raise UsageError(f"{data}: not a {NAME} data file (its 'script' entry is {str(arrays.get('script', 'missing'))!r})")
-    return arrays
-
+    return figure_script.load_data(data, NAME)
 
 def plot(data: Path, out_dir: Path) -> list:
     """Draw the figure from the stored ``data`` file only; return the written paths."""
@@ -210,73 +196,21 @@ def plot(data: Path, out_dir: Path) -> list:
             f"Activation relaxation, {sizes} {d['activation']}, $dt/\\tau = {float(d['eta']):g}$"
             f" (Brian2 cpp_standalone){'  [quick]' if d['quick'] else ''}"
         )
-        paths = save_figure(fig, out_dir, data.stem)
+        paths = figure_script.save_figure(fig, out_dir, data.stem, DPI)
         plt.close(fig)
     return paths
 
 
-STYLE = {
-    "font.size": 8,
-    "axes.titlesize": 8.5,
-    "legend.fontsize": 7,
-    "legend.framealpha": 0.9,
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-    "lines.linewidth": 1.4,
-    "svg.fonttype": "none",
-}
+STYLE = {**figure_script.STYLE, "legend.fontsize": 7}
 
 
-def save_figure(fig, out_dir: Path, stem: str) -> list:
-    """Save ``fig`` as ``out_dir/stem.png`` (``DPI``) and ``.svg``, each atomically."""
-    paths = []
-    for ext in ("png", "svg"):
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format=ext, dpi=DPI, metadata={"Date": None} if ext == "svg" else None)
-        path = out_dir / f"{stem}.{ext}"
-        atomic_write_bytes(path, buffer.getvalue())
-        paths.append(path)
-    return paths
-
-
-def check_arguments(args) -> Path:
-    """Validate the command line; return the data file path."""
-    data = args.data or ROOT / "analysis" / "data" / (NAME + ("_quick" if args.quick else "") + ".npz")
-    if data.suffix != ".npz":
-        raise UsageError(f"--data {data}: expected a file name ending in .npz")
-    if args.plot_only and args.quick:
-        raise UsageError("--quick selects what to simulate; it has no meaning with --plot-only")
-    if args.plot_only and not data.is_file():
-        raise UsageError(f"--data {data}: no such data file; run without --plot-only first to simulate")
-    for path, what in ((data.parent, "--data directory"), (args.out_dir, "--out-dir")):
-        if path.exists() and not path.is_dir():
-            raise UsageError(f"{what} {path}: exists and is not a directory")
-    return data
 
 
 def main(argv: list | None = None) -> int:
     """Command line: ``[--plot-only] [--quick] [--data FILE] [--out-dir DIR]``."""
-    parser = argparse.ArgumentParser(prog=NAME, description=__doc__.splitlines()[0])
-    parser.add_argument("--plot-only", action="store_true", help="redraw from the stored data file without simulating")
-    parser.add_argument("--quick", action="store_true", help="tiny network, seconds (tests); default data file *_quick.npz")
-    parser.add_argument("--data", type=Path, help=f"data file (default analysis/data/{NAME}.npz)")
-    parser.add_argument("--out-dir", type=Path, default=ROOT / "figures", help="figure directory (default figures/)")
-    args = parser.parse_args(argv)
-    try:
-        data = check_arguments(args)
-        if not args.plot_only:
-            arrays, meta = simulate(quick=args.quick)
-            store(data, arrays, meta)
-            print(f"{NAME}: simulated in {meta['simulate_seconds']:.1f} s -> {data}")
-        for path in plot(data, args.out_dir):
-            print(f"{NAME}: wrote {path}")
-    except (UsageError, ConfigError) as err:
-        print(f"{NAME}: error: {err}", file=sys.stderr)
-        return 2
-    except FloatingPointError as err:  # as `arsim relax`: a diverged run is exit status 3
-        print(f"{NAME}: error: {err}", file=sys.stderr)
-        return 3
-    return 0
+    return figure_script.script_main(
+        NAME, __doc__.splitlines()[0], ROOT, simulate, store, plot, "tiny network, seconds (tests); default data file *_quick.npz", argv
+    )
 
 
 if __name__ == "__main__":

@@ -48,7 +48,6 @@ the live arrays on that target.
 
 from __future__ import annotations
 
-import numpy as np
 
 __all__ = ["TICK_EQUATION", "add_dense_projection"]
 

@@ -25,7 +25,6 @@ silently ignores a wrong-size array (BRIAN2_NOTES.md).
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import functools
 import hashlib

@@ -122,6 +122,11 @@ class Transpose(FeedbackRule):
     Parameter   Unit  Math         Default  Description
     ==========  ====  ===========  =======  ==================================
     derivative  --    f'(a^{l+1})  true     keep the derivative in the feedback
+    forward     --    xbar | x     frozen   frozen: stored xbar, f'(W xbar + b)
+                                            in the relaxation and update;
+                                            relaxed: current x, f'(W x + b)
+    lr          --    eta_W        5e-4     SGD step on the summed batch update
+                                            (``train.lr``, run time)
     ==========  ====  ===========  =======  ==================================
     """
 
@@ -148,6 +153,9 @@ class Learned(_SeparateBackward):
     ============  ====  ===========  =======  =======================================
     feedback_std  --    sigma_B      0.05     initial B drawn from N(0, sigma_B^2)
     derivative    --    f'(a^{l+1})  true     keep the derivative in the feedback
+    forward       --    xbar | x     frozen   frozen: stored xbar, f'(W xbar + b) in the
+                                              relaxation and update; relaxed: current x,
+                                              f'(W x + b) (``frozen_forward = False``)
     ============  ====  ===========  =======  =======================================
     """
 
@@ -164,6 +172,9 @@ class RandomFixed(_SeparateBackward):
     ============  ====  ===========  =======  =======================================
     feedback_std  --    sigma_B      0.05     B drawn once from N(0, sigma_B^2)
     derivative    --    f'(a^{l+1})  true     keep the derivative in the feedback
+    forward       --    xbar | x     frozen   frozen: stored xbar, f'(W xbar + b) in the
+                                              relaxation and update; relaxed: current x,
+                                              f'(W x + b) (``frozen_forward = False``)
     ============  ====  ===========  =======  =======================================
     """
 
