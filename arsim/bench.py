@@ -30,6 +30,7 @@ run_args overhead
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import statistics
@@ -42,7 +43,7 @@ from . import __version__, ar_batch, oracle
 from .activations import get_activation
 from .config import resolve
 from .devices import StandaloneRunner
-from .network import Topology
+from .network import Topology, topology_from_config
 from .reference import relax_euler
 from .relax import draw_problem, network_params
 from .training import BrianTrainer, epoch_order, init_params, train_topology
@@ -55,11 +56,8 @@ def _stats(values: list) -> dict:
 
 
 def _relax_topology(config: dict, n_samples: int) -> Topology:
-    return Topology(
-        sizes=tuple(config["sizes"]), loss=config["loss"], feedback=config["feedback"], derivative=config["derivative"],
-        ordering=config["ordering"], record_variables=(), record_every=1, max_relax=int(round(config["duration"] / config["dt"])),
-        n_samples=n_samples, forward=config["forward"], projection=config["projection"],
-    )
+    """The relaxation build of ``config`` for ``n_samples`` samples per run, without monitors."""
+    return dataclasses.replace(topology_from_config(config, n_samples=n_samples), record_variables=())
 
 
 def _synapse_updates(sizes, steps: int) -> int:

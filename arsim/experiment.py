@@ -260,5 +260,5 @@ def train(config: dict, out_dir, resume: bool = False, device: str = "cpp", prog
         bar.close()
     save_npz(out_dir / "weights.npz", params.arrays())
     done = [r for r in rows[1:] if r["seconds"] > 0]
-    rate = sum(n_used for _ in done) / sum(r["seconds"] for r in done) if done else float("nan")
+    rate = n_used * len(done) / sum(r["seconds"] for r in done) if done else float("nan")
     return TrainSummary(rows=rows, params=params, compile_seconds=compile_seconds, train_seconds=train_seconds, samples_per_second=rate)

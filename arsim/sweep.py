@@ -16,13 +16,9 @@ Compile once
 
 Workers
     A build is compiled once into the shared build cache (under its lock);
-    each worker process (or thread) then runs from its own hard-linked clone
-    of the build directory. The clone costs milliseconds and no compilation.
-    It was introduced when concurrent runs of one build shared
-    content-hashed input files and one run's clean-up deleted another's
-    input (measured: ~4 % of concurrent runs failed); `arsim.devices` now
-    writes every run's inputs into that run's own directory, and the clones
-    remain as a second line of isolation between workers.
+    every worker process (or thread) then runs from that one directory,
+    which is safe because `arsim.devices` gives every run its own
+    directory for inputs and results.
 
 Engines
     ``inline`` (``--jobs 1``: the coordinating process runs everything),
@@ -41,7 +37,6 @@ import itertools
 import math
 import os
 import re
-import shutil
 import signal
 import socket
 import sys
@@ -441,62 +436,24 @@ def plan_sweep(
 
 
 # ---------------------------------------------------------------------------
-# worker side: builds, private clones, points
+# worker side: builds and points
 
 _LOCAL = threading.local()
-_COLLECTED = set()  # clone roots already cleaned of dead processes' clones
 
 
 def _worker_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{threading.get_ident()}"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _collect_dead_clones(root: Path) -> None:
-    """Remove clones left by dead processes of this host (e.g. after kill -9), once per process."""
-    if root in _COLLECTED or not root.is_dir():
-        return
-    _COLLECTED.add(root)
-    host = socket.gethostname()
-    for entry in root.iterdir():
-        parts = entry.name.rsplit("-", 2)
-        if len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
-            continue
-        pid = int(parts[1])
-        if pid != os.getpid() and not _alive(pid):
-            shutil.rmtree(entry, ignore_errors=True)
-
-
-def _link_or_copy(src, dst):
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
-
-def _clone_ignore(directory, names):
-    # per-run scratch of other users of the shared build is not part of it
-    if Path(directory).name == "static_arrays":
-        return [n for n in names if n.startswith("arsim_")]
-    return [n for n in names if n.startswith("results_")]
-
-
 def _private_runner(topology, build_root=None):
-    """This thread's runner for ``topology``: compile if needed (shared), then clone.
+    """This thread's runner for ``topology``, compiling the shared build if needed.
+
+    Concurrent runs of one build are safe: `arsim.devices.StandaloneRunner`
+    gives every run its own directory for inputs and results.
 
     Returns
     -------
     runner : StandaloneRunner
-        Runs in a private hard-linked copy of the shared build directory.
     compile_seconds : float
         Time this call spent compiling (0 when the build existed).
     """
@@ -506,21 +463,9 @@ def _private_runner(topology, build_root=None):
     key = (topology, str(build_root))
     if key in runners:
         return runners[key], 0.0
-    shared = StandaloneRunner(topology, cache_dir=build_root)
-    clones = shared.directory.parent / "clones"
-    _collect_dead_clones(clones)
-    root = clones / _worker_name()
-    clone = root / shared.directory.name
-    if not (clone / "manifest.json").exists():
-        root.mkdir(parents=True, exist_ok=True)
-        partial = root / (clone.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        shutil.rmtree(clone, ignore_errors=True)
-        shutil.copytree(shared.directory, partial, copy_function=_link_or_copy, ignore=_clone_ignore)
-        os.replace(partial, clone)
-    runner = StandaloneRunner(topology, cache_dir=root)
+    runner = StandaloneRunner(topology, cache_dir=build_root)
     runners[key] = runner
-    return runner, shared.compile_seconds
+    return runner, runner.compile_seconds
 
 
 def compile_build(topology, build_root=None) -> dict:

@@ -15,16 +15,18 @@ Samples that do not fill a last batch are dropped from the epoch (both rules).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from . import metrics, oracle
-from .activations import ACTIVATION_CODES, get_activation
+from .activations import get_activation
 from .config import n_relax_steps
 from .devices import Runner, get_runner
 from .network import DT_INTERNAL, Topology, topology_from_config
+from .relax import Problem, network_params
 
 __all__ = ["Params", "init_params", "epoch_order", "chunk_batches", "train_topology", "BrianTrainer", "ChunkResult", "bp_epoch", "evaluate"]
 
@@ -94,27 +96,15 @@ def train_topology(config: dict, chunk_samples: int, max_relax: int | None = Non
     ``max_relax`` (default: the config's steps) is the longest relaxation the
     build can run; shorter ones are a run-time parameter.
     """
-    base = topology_from_config(config, max_relax=max_relax)
     batch = config["train.batch_size"]
     align = 0
     if config["train.align_every"]:
         # record at every g-th batch of a run, g dividing both the run and the
         # sampling interval, so every sampled batch of the epoch is recorded
         align = math.gcd(config["train.align_every"], chunk_samples // batch) * batch
-    return Topology(
-        sizes=base.sizes,
-        loss=base.loss,
-        feedback=base.feedback,
-        derivative=base.derivative,
-        ordering=base.ordering,
-        forward=base.forward,
-        record_variables=(),
-        record_every=1,
-        max_relax=base.max_relax,
-        n_samples=chunk_samples,
-        train=True,
-        align_interval=align,
-        projection=base.projection,
+    return dataclasses.replace(
+        topology_from_config(config, max_relax=max_relax, n_samples=chunk_samples),
+        record_variables=(), record_every=1, train=True, align_interval=align,
     )
 
 
@@ -158,27 +148,15 @@ class BrianTrainer:
         self.runner = runner or get_runner(self.topology, device)
 
     def params_for_run(self, params: Params, x: np.ndarray, targets: np.ndarray) -> dict:
-        """Run-time arrays of one run."""
+        """Run-time arrays of one run: those of a relaxation plus the learning parameters."""
         config, topo = self.config, self.topology
-        eta = config["dt"] / config["tau"]
-        out = {"input_values": x, "target_values": targets}
+        out = network_params(topo, config, Problem(W=params.W, b=params.b, B=params.B, x_in=x, target=targets))
         for layer in range(topo.n_layers + 1):
-            kind = config["output_activation"] if layer == topo.n_layers else config["activation"]
-            out[f"layer{layer}.act_kind"] = np.array([ACTIVATION_CODES[kind]])
-            out[f"layer{layer}.act_slope"] = np.array([config["leaky_slope"]])
-            out[f"layer{layer}.tau"] = np.array([DT_INTERNAL / eta])
-            out[f"layer{layer}.n_relax"] = np.array([n_relax_steps(config)])
+            # training always relaxes from the forward state, as its numpy references do
             out[f"layer{layer}.x_start"] = np.array([1.0])
             out[f"layer{layer}.lr"] = np.array([config["train.lr"]])
             out[f"layer{layer}.batch_size"] = np.array([config["train.batch_size"]])
             out[f"layer{layer}.learn_bias"] = np.array([1.0 if config["bias"] else 0.0])
-            if layer >= 1:
-                out[f"layer{layer}.b"] = params.b[layer - 1]
-        separate = topo.rule().backward_variable == "wb"
-        for layer in range(topo.n_layers):
-            out[f"proj{layer}.w"] = params.W[layer].ravel()
-            if separate:
-                out[f"proj{layer}.wb"] = params.B[layer].T.ravel()
         return out
 
     def run_chunk(self, params: Params, x: np.ndarray, targets: np.ndarray, first_batch: int = 0) -> ChunkResult:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 
 from arsim.config import resolve
@@ -43,3 +44,11 @@ def relax(build_dir):
         return run_relaxation(config, runner=runners[key])
 
     return run
+
+
+def training_data(config: dict, n_samples: int, seed: int = 5):
+    """Uniform random inputs and one-hot targets sized for ``config`` (tests of training)."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0.0, 1.0, size=(n_samples, config["sizes"][0]))
+    targets = np.eye(config["sizes"][-1])[rng.integers(config["sizes"][-1], size=n_samples)]
+    return x, targets

@@ -31,6 +31,7 @@ from arsim.devices import Runner, StandaloneRunner
 from arsim.network import Topology, build_network, topology_from_config
 from arsim.reference import relax_euler
 from arsim.training import BrianTrainer, init_params, train_topology
+from conftest import training_data
 
 SIZES = [6, 5, 4, 3, 2]
 N_SAMPLES, BATCH = 12, 4
@@ -57,10 +58,7 @@ def _config(**keys):
 
 
 def _data(config, seed=5):
-    rng = np.random.default_rng(seed)
-    x = rng.uniform(0.0, 1.0, size=(N_SAMPLES, config["sizes"][0]))
-    targets = np.eye(config["sizes"][-1])[rng.integers(config["sizes"][-1], size=N_SAMPLES)]
-    return x, targets
+    return training_data(config, N_SAMPLES, seed)
 
 
 class _Recording(Runner):

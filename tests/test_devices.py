@@ -13,7 +13,7 @@ from arsim.config import resolve
 from arsim.network import topology_from_config
 from arsim.relax import draw_problem, network_params, run_relaxation
 
-SMALL_NET = [6, 5, 4, 3, 2]  # as in conftest.py
+from conftest import SMALL_NET
 
 
 @pytest.fixture(scope="module")
