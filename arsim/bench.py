@@ -16,16 +16,23 @@ relaxation, batch 1
     counting one multiply-add per weight of every mat-vec done (the forward
     sweep once, the feedback of projections ``1..L-1`` every step).
 training
-    `arsim.training.BrianTrainer` (one sample at a time, updates summed
-    over the batch in the synapses) against `arsim.ar_batch.ar_epoch`
+    `arsim.training.BrianTrainer` against `arsim.ar_batch.ar_epoch`
     (batched numpy, batch 64: what a user of an array library writes), in
-    samples per second, 100 relaxation steps per sample by default.
+    samples per second, 100 relaxation steps per sample by default, on runs
+    of ``--samples`` samples (default 1,024, the longest run `arsim train`
+    makes). With ``projection = "dense"`` the Brian2 network is timed both
+    ways it can train: a whole batch relaxing at once as copies of the
+    layers (``train.parallel = "batch"``, `arsim train`'s default, CBLAS
+    dgemm) and one sample after another (``"sample"``).
 compile time
     of each build, measured when it was compiled (``arsim bench`` compiles
     into a fresh directory unless ``--cached``).
 run_args overhead
     runs of a one-sample build against one run of as many samples: the
     cost of starting the binary and moving arrays, per run.
+
+``threads`` sets the BLAS threads of both sides (numpy through
+threadpoolctl, the binary through ``OPENBLAS_NUM_THREADS``).
 """
 
 from __future__ import annotations
@@ -132,7 +139,7 @@ def bench_relaxation(config: dict, repeat: int, n_samples: int, build_root) -> d
 
 
 def bench_training(config: dict, repeat: int, n_samples: int, build_root) -> dict:
-    """Training throughput of the Brian2 network and of batched numpy AR."""
+    """Training throughput of the Brian2 network (``config["train.parallel"]``) and of batched numpy AR."""
     batch = config["train.batch_size"]
     n_samples = max(batch, (n_samples // batch) * batch)
     trainer = BrianTrainer(config, n_samples, runner=StandaloneRunner(train_topology(config, n_samples), cache_dir=build_root))
@@ -161,6 +168,7 @@ def bench_training(config: dict, repeat: int, n_samples: int, build_root) -> dic
     return {
         "samples": n_samples,
         "batch_size": batch,
+        "parallel_copies": trainer.topology.copies,
         "steps_per_sample": int(round(config["duration"] / config["dt"])),
         "brian2_samples_per_second": n_samples / statistics.median(brian_times),
         "numpy_samples_per_second": n_samples / statistics.median(numpy_times),
@@ -181,9 +189,13 @@ def bench_config(sizes: list, steps: int, batch: int, overrides: dict | None = N
     })
 
 
-def run_bench(sizes: list, steps: int = 100, repeat: int = 5, train_samples: int = 256, batch: int = 64,
+#: training modes timed per projection backend: (result key, train.parallel)
+TRAINING_MODES = {"dense": (("training", "batch"), ("training_by_sample", "sample")), "synapses": (("training", "sample"),)}
+
+
+def run_bench(sizes: list, steps: int = 100, repeat: int = 5, train_samples: int = 1024, batch: int = 64,
               overrides: dict | None = None, parts=("relax", "train"), relax_samples: int = 100, build_root=None,
-              projections=("dense", "synapses")) -> dict:
+              projections=("dense", "synapses"), threads: int | None = None) -> dict:
     """Run the benchmark and return every measurement with the machine description.
 
     ``build_root`` is where the builds go (default: a fresh temporary
@@ -192,14 +204,28 @@ def run_bench(sizes: list, steps: int = 100, repeat: int = 5, train_samples: int
     """
     import brian2
     import scipy
+    import scipy_openblas32
+    from threadpoolctl import threadpool_info, threadpool_limits
 
+    if threads is not None:
+        # the standalone runner passes the environment to the binary (default 1 thread)
+        os.environ["OPENBLAS_NUM_THREADS"] = str(threads)
+    with threadpool_limits(limits=threads, user_api="blas"):
+        numpy_threads = sorted({info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"})
+        return _run_bench(sizes, steps, repeat, train_samples, batch, overrides, parts, relax_samples, build_root, projections,
+                          versions={"brian2": brian2.__version__, "scipy": scipy.__version__,
+                                    "scipy_openblas32 (Brian2 dgemm)": scipy_openblas32.__version__},
+                          threads={"numpy": numpy_threads, "brian2": os.environ.get("OPENBLAS_NUM_THREADS", "1")})
+
+
+def _run_bench(sizes, steps, repeat, train_samples, batch, overrides, parts, relax_samples, build_root, projections,
+               versions: dict, threads: dict) -> dict:
     result = {
         "sizes": list(sizes),
         "repeat": repeat,
         "machine": {"cores": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor()},
-        "versions": {"arsim": __version__, "brian2": brian2.__version__, "numpy": np.__version__, "scipy": scipy.__version__,
-                     "python": platform.python_version()},
-        "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "default")),
+        "versions": {"arsim": __version__, "numpy": np.__version__, "python": platform.python_version(), **versions},
+        "blas_threads": threads,
     }
     with tempfile.TemporaryDirectory(prefix="arsim-bench-") as fresh:
         build_root = fresh if build_root is None else build_root
@@ -209,7 +235,8 @@ def run_bench(sizes: list, steps: int = 100, repeat: int = 5, train_samples: int
             if "relax" in parts:
                 part["relaxation"] = bench_relaxation(config, repeat, relax_samples, build_root)
             if "train" in parts:
-                part["training"] = bench_training(config, repeat, train_samples, build_root)
+                for key, parallel in TRAINING_MODES[projection]:
+                    part[key] = bench_training({**config, "train.parallel": parallel}, repeat, train_samples, build_root)
     return result
 
 
@@ -218,7 +245,7 @@ def format_table(result: dict) -> str:
     lines = [
         f"arsim bench: {'-'.join(map(str, result['sizes']))}, float64, median of {result['repeat']} (min-max);"
         f" {result['machine']['cores']} cores; brian2 {result['versions']['brian2']}, numpy {result['versions']['numpy']};"
-        f" BLAS threads {result['blas_threads']}",
+        f" BLAS threads: numpy {','.join(map(str, result['blas_threads']['numpy']))}, Brian2 {result['blas_threads']['brian2']}",
     ]
     for projection, part in result["projections"].items():
         relax = part.get("relaxation")
@@ -235,13 +262,16 @@ def format_table(result: dict) -> str:
                 f" ({relax['samples_per_run']} runs of 1 sample: {relax['single_sample_runs_seconds'] * 1e3:.0f} ms,"
                 f" 1 run of {relax['samples_per_run']}: {relax['brian2_seconds']['median'] * 1e3:.0f} ms)",
             ]
-        train = part.get("training")
-        if train:
+        for key, _ in TRAINING_MODES[projection]:
+            train = part.get(key)
+            if not train:
+                continue
             r = train["ratio_brian2_over_numpy"]
+            mode = f"batch of {train['parallel_copies']} at once" if train["parallel_copies"] > 1 else "sample by sample"
             lines += [
-                f"[projection = {projection}] training, {train['samples']} samples, {train['steps_per_sample']} steps/sample,"
+                f"[projection = {projection}] training, {train['samples']} samples per run, {train['steps_per_sample']} steps/sample,"
                 f" updates per batch of {train['batch_size']}:",
-                f"  Brian2 (sample by sample)  {train['brian2_samples_per_second']:10.1f} samples/s",
+                f"  Brian2 ({mode}){' ' * max(1, 20 - len(mode))}{train['brian2_samples_per_second']:10.1f} samples/s",
                 f"  numpy batched ({train['batch_size']})        {train['numpy_samples_per_second']:10.1f} samples/s",
                 f"  ratio Brian2/numpy         {r['median']:10.3f}  ({r['min']:.3f}-{r['max']:.3f}); max |dW| {train['max_abs_deviation']:.1e}",
                 f"  compile {train['compile_seconds']:.1f} s",

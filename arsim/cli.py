@@ -121,16 +121,17 @@ def _cmd_bench(args) -> int:
 
     sizes = _parse_sizes(args.sizes)
     for name, value, low in (("--steps", args.steps, 1), ("--repeat", args.repeat, 1), ("--samples", args.samples, 1),
-                             ("--relax-samples", args.relax_samples, 1)):
+                             ("--relax-samples", args.relax_samples, 1), ("--threads", 1 if args.threads is None else args.threads, 1)):
         if value < low:
             raise ConfigError(f"{name} {value}: expected an integer >= {low}")
     overrides = dict(config_mod_parse(text) for text in args.set)
     from .devices import build_cache_dir
 
-    print("arsim: compiling three builds per projection backend, then timing...", file=sys.stderr)
+    print("arsim: compiling the builds (relaxation, one-sample run, one per training mode), then timing...", file=sys.stderr)
     result = run_bench(sizes, steps=args.steps, repeat=args.repeat, train_samples=args.samples, overrides=overrides,
                        parts=tuple(args.only) if args.only else ("relax", "train"), relax_samples=args.relax_samples,
-                       build_root=build_cache_dir() if args.cached else None, projections=tuple(args.projection or ("dense", "synapses")))
+                       build_root=build_cache_dir() if args.cached else None, projections=tuple(args.projection or ("dense", "synapses")),
+                       threads=args.threads)
     if args.json:
         json.dump(result, sys.stdout, indent=1, default=_json_safe)
         print()
@@ -178,7 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--sizes", default="784,300,300,100,10", help="layer sizes (default: the paper's MNIST net)")
     bench.add_argument("--steps", type=int, default=100, help="relaxation steps per sample (default 100)")
     bench.add_argument("--repeat", type=int, default=5, help="repeats; the median and min-max are reported")
-    bench.add_argument("--samples", type=int, default=256, help="training samples per timed run (whole batches of 64)")
+    bench.add_argument("--samples", type=int, default=1024,
+                       help="training samples per timed run (whole batches of 64; default 1024, arsim train's longest run)")
+    bench.add_argument("--threads", type=int, default=None,
+                       help="BLAS threads of numpy and of the Brian2 binary (default: numpy's own setting, 1 for Brian2)")
     bench.add_argument("--relax-samples", type=int, default=100, help="samples relaxed per timed relaxation run")
     bench.add_argument("--only", action="append", choices=("relax", "train"), help="run only this part")
     bench.add_argument("--projection", action="append", choices=("dense", "synapses"),

@@ -142,6 +142,11 @@ SCHEMA: dict[str, Key] = {
     "train.test_fraction": Key(float, 0.2, lambda v: None if 0 < v < 1 else "a number in (0, 1)", "held-out fraction for digits and mnist5k"),
     "train.max_samples": Key(int, 0, _non_negative_int, "use at most this many training samples (0: all)"),
     "train.align_every": Key(int, 10, _non_negative_int, "measure the update's angle to BP every this many batches (0: never)"),
+    "train.parallel": Key(
+        str, "auto", _one_of("auto", "batch", "sample"),
+        "batch: a minibatch relaxes at once as parallel copies of the layers (projection = 'dense' only);"
+        " sample: one sample after another; auto: batch with dense, sample with synapses",
+    ),
     "train.rule": Key(str, "ar", _one_of("ar", "bp"), "ar: the Brian2 AR simulation with feedback/derivative; bp: the numpy backprop baseline"),
 }
 
@@ -231,6 +236,11 @@ def _check_relations(config: dict, source: str) -> None:
         raise ConfigError(
             f"{source}: duration = {config['duration']!r} ms is not a positive whole number of"
             f" dt = {config['dt']!r} ms steps; expected duration = k * dt with k >= 1"
+        )
+    if config["train.parallel"] == "batch" and config["projection"] != "dense":
+        raise ConfigError(
+            f"{source}: train.parallel = 'batch' with projection = {config['projection']!r};"
+            " expected projection = 'dense' (the copies share one weight array) or train.parallel = 'sample' | 'auto'"
         )
     if config["loss"] == "ce" and config["output_activation"] != "linear":
         raise ConfigError(

@@ -49,7 +49,7 @@ the live arrays on that target.
 from __future__ import annotations
 
 
-__all__ = ["TICK_EQUATION", "add_dense_projection"]
+__all__ = ["TICK_EQUATION", "add_dense_projection", "add_dense_plasticity", "blas_compiler_kwds"]
 
 #: shared variable of a dense projection on which the mat-vec functions are called
 TICK_EQUATION = "proj_tick : 1 (shared)"
@@ -63,14 +63,34 @@ def _standalone() -> bool:
     return isinstance(get_device(), CPPStandaloneDevice)
 
 
+def blas_compiler_kwds() -> dict:
+    """Compiler arguments that link a user function to CBLAS (the ``scipy-openblas32`` wheel).
+
+    The wheel is the OpenBLAS build numpy and scipy ship, with a ``cblas.h``
+    whose functions carry the ``scipy_`` prefix; the library path is baked
+    into the binary (rpath), so a build belongs to one environment
+    (`arsim.devices` puts the path into the build key).
+    """
+    import scipy_openblas32
+
+    lib_dir = scipy_openblas32.get_lib_dir()
+    return {
+        "headers": ['"cblas.h"'],
+        "include_dirs": [scipy_openblas32.get_include_dir()],
+        "libraries": [scipy_openblas32.get_library()],
+        "library_dirs": [lib_dir],
+        "runtime_library_dirs": [lib_dir],
+    }
+
+
 def _names(device, syn, pre, post) -> dict:
     """C++ expressions of the arrays a dense projection touches (device-internal names)."""
     names = {}
-    for var in ("w", "wb"):
+    for var in ("w", "wb", "dw_acc"):
         if var in syn.variables:
             names[var] = f"brian::{device.get_array_name(syn.variables[var], access_data=False)}.data()"
     for prefix, group in (("pre", pre), ("post", post)):
-        for var in ("x", "xbar", "fp", "fb", "a", "anow", "b"):
+        for var in ("x", "xbar", "fp", "fb", "a", "anow", "b", "db_acc"):
             names[f"{var}_{prefix}"] = f"brian::{device.get_array_name(group.variables[var])}"
     return names
 
@@ -128,91 +148,213 @@ static double {func}(const double tick)
 """
 
 
-def _feedback_function(syn, pre, post, rule, act_fp):
-    """`Function` ``f(tick, act_kind_post, act_slope_post)`` that writes ``fb_pre``."""
-    from brian2 import Function, get_device
+# A batch held as ``copies`` parallel copies of every layer (copy s of a layer
+# of n units is units s*n .. s*n+n-1, a row of a row-major copies x n matrix):
+# the same sums become matrix-matrix products, done by CBLAS dgemm, which
+# reuses every weight it loads for all copies (the plain loops above are as
+# fast as BLAS for one copy, and far slower for 64).
 
-    n_pre, n_post = len(pre), len(post)
+_FEEDBACK_GEMM_CPP = """
+static double {func}(const double tick, const int kind, const double slope)
+{{
+    // fb_pre (copies x n_pre) = C (copies x n_post) M (n_post x n_pre), M = {matrix}
+    static std::vector<double> carried_buffer({copies} * {n_post});
+    const double* __restrict x = {x_post};
+    {derivative_decl}
+    {carried_fill}
+    scipy_cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, {copies}, {n_pre}, {n_post},
+                      1.0, C, {n_post}, {matrix_ptr}, {n_pre}, 0.0, {fb_pre}, {n_pre});
+    return tick;
+}}
+"""
+
+_DRIVE_GEMM_CPP = """
+static double {func}(const double tick)
+{{
+    // {target}_post (copies x n_post) = {source}_pre (copies x n_pre) W^T
+    scipy_cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, {copies}, {n_post}, {n_pre},
+                      1.0, {source_pre}, {n_pre}, {w}, {n_pre}, 0.0, {target_post}, {n_post});
+    return tick;
+}}
+"""
+
+_ACCUMULATE_GEMM_CPP = """
+static double {func}(const double tick, const int gate, const int kind, const double slope, const double learn_bias)
+{{
+    // the batch's summed local update: dw_acc (n_post x n_pre) = D^T P with
+    // D = x_post * f' (copies x n_post) and P = {pre_activity}_pre (copies x n_pre);
+    // db_acc of the first copy holds the bias update, sum_s D[s, :]
+    double* __restrict dw = {dw_acc};
+    double* __restrict db = {db_acc_post};
+    if (!gate)
+    {{
+        // the first step of a run: no sample has relaxed yet
+        for (size_t k = 0; k < (size_t){n_post} * {n_pre}; k++)
+            dw[k] = 0.0;
+        for (int j = 0; j < {n_post}; j++)
+            db[j] = 0.0;
+        return tick;
+    }}
+    static std::vector<double> delta_buffer({copies} * {n_post});
+    double* __restrict D = delta_buffer.data();
+    const double* __restrict x = {x_post};
+    {derivative_decl}
+    for (int k = 0; k < {copies} * {n_post}; k++)
+        D[k] = {delta};
+    scipy_cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, {n_post}, {n_pre}, {copies},
+                      1.0, D, {n_post}, {pre_ptr}, {n_pre}, 0.0, dw, {n_pre});
+    for (int j = 0; j < {n_post}; j++)
+    {{
+        double sum = 0.0;
+        for (int s = 0; s < {copies}; s++)
+            sum += D[s * {n_post} + j];
+        db[j] = learn_bias * sum;
+    }}
+    return tick;
+}}
+"""
+
+_APPLY_CPP = """
+static double {func}(const double tick, const int gate, const double lr)
+{{
+    // SGD step on the batch's update: w (and a learned wb) -= lr dw_acc, and
+    // every copy of the post-synaptic bias -= lr db_acc (the copies stay equal)
+    if (!gate)
+        return tick;
+    const double* __restrict dw = {dw_acc};
+    double* __restrict w = {w};
+    {backward_decl}
+    for (size_t k = 0; k < (size_t){n_post} * {n_pre}; k++)
+    {{
+        w[k] -= lr * dw[k];
+        {backward_step}
+    }}
+    const double* __restrict db = {db_acc_post};
+    double* __restrict b = {b_post};
+    for (int s = 0; s < {copies}; s++)
+        for (int j = 0; j < {n_post}; j++)
+            b[s * {n_post} + j] -= lr * db[j];
+    return tick;
+}}
+"""
+
+
+def _derivative_code(rule, names: dict, index: str, derivative: bool | None = None) -> tuple[str, str]:
+    """Declarations and the C++ expression of ``x_post * f'`` at unit ``index``.
+
+    ``derivative`` (default: the rule's, which applies to the feedback) False
+    gives ``x`` alone; the local update always carries f'.
+    """
+    if not (rule.derivative if derivative is None else derivative):
+        return "", f"x[{index}]"
+    if rule.derivative_variable == "fpnow":
+        decl = (f"const double* __restrict anow = {names['anow_post']};\n"
+                f"    const double* __restrict bias = {names['b_post']};")
+        return decl, f"x[{index}] * arsim_activation_derivative(anow[{index}] + bias[{index}], kind, slope)"
+    return f"const double* __restrict d = {names['fp_post']};", f"x[{index}] * d[{index}]"
+
+
+def _numpy_carried(rule, post, act_fp, kind, slope, derivative: bool | None = None):
+    """``x_post * f'`` (or ``x_post``, as in `_derivative_code`) of every unit, for the runtime target."""
+    derivative = rule.derivative if derivative is None else derivative
+    carried = post.variables["x"].get_value().copy()
+    if derivative and rule.derivative_variable == "fpnow":
+        u = post.variables["anow"].get_value() + post.variables["b"].get_value()
+        carried *= act_fp.pyfunc(u, kind, slope)
+    elif derivative:
+        carried *= post.variables["fp"].get_value()
+    return carried
+
+
+def _add_cpp(function, code: str, func: str, rule, act_fp, copies: int) -> None:
+    """Attach the C++ implementation (standalone only), with CBLAS when the batch has copies."""
+    dependencies = {"act_fp": act_fp} if rule.derivative_variable == "fpnow" else None
+    kwds = {"compiler_kwds": blas_compiler_kwds()} if copies > 1 else {}
+    function.implementations.add_implementation("cpp", code, name=func, dependencies=dependencies, **kwds)
+
+
+def _function(pyfunc, arg_types: list):
+    from brian2 import Function
+
+    return Function(
+        pyfunc, arg_units=[1] * len(arg_types), return_unit=1, arg_types=arg_types, return_type="float",
+        stateless=False, auto_vectorise=False,
+    )
+
+
+def _feedback_function(syn, pre, post, rule, act_fp, copies: int):
+    """`Function` ``f(tick, act_kind_post, act_slope_post)`` that writes ``fb_pre``."""
+    from brian2 import get_device
+
+    n_pre, n_post = len(pre) // copies, len(post) // copies
     matrix = rule.backward_variable
-    relaxed = rule.derivative and rule.derivative_variable == "fpnow"
     func = f"arsim_{syn.name}_feedback"
 
     def numpy_feedback(tick, kind, slope):
         M = syn.variables[matrix].get_value().reshape(n_post, n_pre)
-        carried = post.variables["x"].get_value().copy()
-        if relaxed:
-            u = post.variables["anow"].get_value() + post.variables["b"].get_value()
-            carried *= act_fp.pyfunc(u, kind, slope)
-        elif rule.derivative:
-            carried *= post.variables["fp"].get_value()
-        pre.variables["fb"].get_value()[:] = carried @ M
+        carried = _numpy_carried(rule, post, act_fp, kind, slope).reshape(copies, n_post)
+        pre.variables["fb"].get_value()[:] = (carried @ M).ravel()
         return tick
 
-    function = Function(
-        numpy_feedback,
-        arg_units=[1, 1, 1],
-        return_unit=1,
-        arg_types=["float", "integer", "float"],
-        return_type="float",
-        stateless=False,
-        auto_vectorise=False,
-    )
+    function = _function(numpy_feedback, ["float", "integer", "float"])
     if _standalone():
         names = _names(get_device(), syn, pre, post)
-        if relaxed:
-            derivative_decl = (
-                f"const double* __restrict anow = {names['anow_post']};\n"
-                f"    const double* __restrict b = {names['b_post']};"
+        if copies > 1:
+            decl, carried = _derivative_code(rule, names, "k")
+            if rule.derivative:
+                fill = (f"double* __restrict C = carried_buffer.data();\n"
+                        f"    for (int k = 0; k < {copies} * {n_post}; k++)\n        C[k] = {carried};")
+            else:
+                fill = "const double* __restrict C = x;"
+            code = _FEEDBACK_GEMM_CPP.format(
+                func=func, matrix=matrix, matrix_ptr=names[matrix], x_post=names["x_post"], fb_pre=names["fb_pre"],
+                derivative_decl=decl, carried_fill=fill, n_pre=n_pre, n_post=n_post, copies=copies,
             )
-            carried = "x[@] * arsim_activation_derivative(anow[@] + b[@], kind, slope)"
-        elif rule.derivative:
-            derivative_decl = f"const double* __restrict d = {names['fp_post']};"
-            carried = "x[@] * d[@]"
         else:
-            derivative_decl, carried = "", "x[@]"
-        rows = {f"carried{k}": carried.replace("@", f"j + {k}") for k in range(4)}
-        code = _FEEDBACK_CPP.format(
-            func=func, matrix=matrix, matrix_ptr=names[matrix], x_post=names["x_post"], fb_pre=names["fb_pre"],
-            derivative_decl=derivative_decl, carried=carried.replace("@", "j"), n_pre=n_pre, n_post=n_post, **rows,
-        )
-        dependencies = {"act_fp": act_fp} if relaxed else None
-        function.implementations.add_implementation("cpp", code, name=func, dependencies=dependencies)
+            decl, carried = _derivative_code(rule, names, "@")
+            rows = {f"carried{k}": carried.replace("@", f"j + {k}") for k in range(4)}
+            code = _FEEDBACK_CPP.format(
+                func=func, matrix=matrix, matrix_ptr=names[matrix], x_post=names["x_post"], fb_pre=names["fb_pre"],
+                derivative_decl=decl, carried=carried.replace("@", "j"), n_pre=n_pre, n_post=n_post, **rows,
+            )
+        _add_cpp(function, code, func, rule, act_fp, copies)
     return function
 
 
-def _drive_function(syn, pre, post, source: str, target: str):
-    """`Function` ``f(tick)`` that writes ``target_post = W source_pre``."""
-    from brian2 import Function, get_device
+def _drive_function(syn, pre, post, source: str, target: str, copies: int):
+    """`Function` ``f(tick)`` that writes ``target_post = W source_pre`` (for every copy)."""
+    from brian2 import get_device
 
-    n_pre, n_post = len(pre), len(post)
+    n_pre, n_post = len(pre) // copies, len(post) // copies
     func = f"arsim_{syn.name}_{target}"
 
     def numpy_drive(tick):
         W = syn.variables["w"].get_value().reshape(n_post, n_pre)
-        post.variables[target].get_value()[:] = W @ pre.variables[source].get_value()
+        source_values = pre.variables[source].get_value().reshape(copies, n_pre)
+        post.variables[target].get_value()[:] = (source_values @ W.T).ravel()
         return tick
 
-    function = Function(
-        numpy_drive, arg_units=[1], return_unit=1, arg_types=["float"], return_type="float",
-        stateless=False, auto_vectorise=False,
-    )
+    function = _function(numpy_drive, ["float"])
     if _standalone():
         names = _names(get_device(), syn, pre, post)
-        code = _DRIVE_CPP.format(
+        template = _DRIVE_GEMM_CPP if copies > 1 else _DRIVE_CPP
+        code = template.format(
             func=func, w=names["w"], source=source, target=target, source_pre=names[f"{source}_pre"],
-            target_post=names[f"{target}_post"], n_pre=n_pre, n_post=n_post,
+            target_post=names[f"{target}_post"], n_pre=n_pre, n_post=n_post, copies=copies,
         )
-        function.implementations.add_implementation("cpp", code, name=func)
+        function.implementations.add_implementation(
+            "cpp", code, name=func, **({"compiler_kwds": blas_compiler_kwds()} if copies > 1 else {})
+        )
     return function
 
 
 def add_dense_projection(syn, pre, post, rule, act_fp, forward_order: int, sample_dt,
-                         feedback_order: int | None, current_drive_order: int | None) -> None:
+                         feedback_order: int | None, current_drive_order: int | None, copies: int = 1) -> None:
     """Schedule the mat-vecs of projection ``syn`` (pre -> post).
 
     ``syn`` must hold ``TICK_EQUATION`` in its model, be connected with
-    `arsim.network.projection_indices` and have a namespace of its own
-    (the functions are added to it).
+    `arsim.network.projection_indices` (between the first copies of the
+    layers) and have a namespace of its own (the functions are added to it).
 
     Parameters
     ----------
@@ -232,17 +374,95 @@ def add_dense_projection(syn, pre, post, rule, act_fp, forward_order: int, sampl
     current_drive_order : int or None
         Order in slot ``start`` of ``anow_post = W x_pre`` on every step
         (relaxed forward pass); None if the forward pass is frozen.
+    copies : int
+        Parallel copies of every layer (one per sample of a batch); the
+        groups hold ``copies * n`` units and every sum is done for each copy
+        with the one weight array (CBLAS dgemm when ``copies > 1``).
     """
     operations = [("a", "xbar", "start", forward_order, sample_dt)]
     if current_drive_order is not None:
         operations.append(("anow", "x", "start", current_drive_order, None))
     for target, source, when, order, dt in operations:
         name = f"{syn.name}_{target}"
-        syn.namespace[name] = _drive_function(syn, pre, post, source, target)
+        syn.namespace[name] = _drive_function(syn, pre, post, source, target, copies)
         syn.run_regularly(f"proj_tick = {name}(proj_tick)", dt=dt, when=when, order=order, name=name)
     if feedback_order is not None:
         name = f"{syn.name}_feedback"
-        syn.namespace[name] = _feedback_function(syn, pre, post, rule, act_fp)
+        syn.namespace[name] = _feedback_function(syn, pre, post, rule, act_fp, copies)
         syn.run_regularly(
             f"proj_tick = {name}(proj_tick, act_kind_post, act_slope_post)", when="groups", order=feedback_order, name=name
         )
+
+
+def add_dense_plasticity(syn, pre, post, rule, act_fp, copies: int, sample_dt, accumulate_order: int,
+                         apply_order: int) -> None:
+    """The batch-parallel learning step of projection ``syn`` (``copies > 1``).
+
+    Once per sample period (each period is one whole batch), at slot
+    ``start``: at ``accumulate_order`` the batch's summed update goes into
+    ``dw_acc`` (synapses) and ``db_acc`` (first copy of ``post``) from the
+    relaxed state, exactly what the sample-by-sample accumulation sums; at
+    ``apply_order`` ``w`` (and a learned ``wb``) and every copy of the bias
+    take the SGD step. Between the two, the alignment monitors see the
+    update and the weights it was computed with, as in sample mode. The
+    first step of a run (nothing relaxed yet) accumulates zero and applies
+    nothing.
+    """
+    from brian2 import get_device
+
+    n_pre, n_post = len(pre) // copies, len(post) // copies
+    pre_activity = rule.presynaptic_activity
+    learns_backward = rule.learns_backward
+    accumulate, apply = f"arsim_{syn.name}_accumulate_batch", f"arsim_{syn.name}_apply_batch"
+
+    def numpy_accumulate(tick, gate, kind, slope, learn_bias):
+        dw = syn.variables["dw_acc"].get_value()
+        db = post.variables["db_acc"].get_value()
+        if not gate:
+            dw[:] = 0.0
+            db[:n_post] = 0.0
+            return tick
+        delta = _numpy_carried(rule, post, act_fp, kind, slope, derivative=True).reshape(copies, n_post)
+        activity = pre.variables[pre_activity].get_value().reshape(copies, n_pre)
+        dw[:] = (delta.T @ activity).ravel()
+        db[:n_post] = learn_bias * delta.sum(axis=0)
+        return tick
+
+    def numpy_apply(tick, gate, lr):
+        if gate:
+            dw = syn.variables["dw_acc"].get_value()
+            syn.variables["w"].get_value()[:] -= lr * dw
+            if learns_backward:
+                syn.variables["wb"].get_value()[:] -= lr * dw
+            b = post.variables["b"].get_value().reshape(copies, n_post)
+            b -= lr * post.variables["db_acc"].get_value()[:n_post]
+        return tick
+
+    accumulate_function = _function(numpy_accumulate, ["float", "integer", "integer", "float", "float"])
+    apply_function = _function(numpy_apply, ["float", "integer", "float"])
+    if _standalone():
+        names = _names(get_device(), syn, pre, post)
+        decl, delta = _derivative_code(rule, names, "k", derivative=True)
+        code = _ACCUMULATE_GEMM_CPP.format(
+            func=accumulate, dw_acc=names["dw_acc"], db_acc_post=names["db_acc_post"], x_post=names["x_post"],
+            derivative_decl=decl, delta=delta, pre_activity=pre_activity, pre_ptr=names[f"{pre_activity}_pre"],
+            n_pre=n_pre, n_post=n_post, copies=copies,
+        )
+        _add_cpp(accumulate_function, code, accumulate, rule, act_fp, copies)
+        code = _APPLY_CPP.format(
+            func=apply, dw_acc=names["dw_acc"], w=names["w"], db_acc_post=names["db_acc_post"], b_post=names["b_post"],
+            backward_decl=f"double* __restrict wb = {names['wb']};" if learns_backward else "",
+            backward_step="wb[k] -= lr * dw[k];" if learns_backward else "",
+            n_pre=n_pre, n_post=n_post, copies=copies,
+        )
+        apply_function.implementations.add_implementation("cpp", code, name=apply)
+    syn.namespace[accumulate] = accumulate_function
+    syn.namespace[apply] = apply_function
+    syn.run_regularly(
+        f"proj_tick = {accumulate}(proj_tick, int(t_in_timesteps > 0), act_kind_post, act_slope_post, learn_bias_post)",
+        dt=sample_dt, when="start", order=accumulate_order, name=f"{syn.name}_accumulate",
+    )
+    syn.run_regularly(
+        f"proj_tick = {apply}(proj_tick, int(t_in_timesteps > 0), lr_post)",
+        dt=sample_dt, when="start", order=apply_order, name=f"{syn.name}_apply",
+    )

@@ -42,7 +42,7 @@ import numpy as np
 from brian2 import Clock, NeuronGroup, Network, StateMonitor, Synapses, TimedArray, second
 
 from .activations import ACTIVATION_CODES, brian_functions
-from .cpp_projection import TICK_EQUATION, add_dense_projection
+from .cpp_projection import TICK_EQUATION, add_dense_plasticity, add_dense_projection
 from .neuron import neuron_equations, store_code
 from .rules import FeedbackRule, get_rule
 
@@ -54,6 +54,11 @@ DT_INTERNAL = 2.0**-10  # seconds; a binary fraction keeps clock arithmetic exac
 @dataclass(frozen=True)
 class Topology:
     """Everything that fixes the compiled code (the build key).
+
+    ``copies > 1`` (training with ``projection = "dense"``) holds a whole
+    batch as parallel copies of every layer: each of the ``n_samples``
+    sample periods then relaxes ``copies`` samples at once and ends with
+    one SGD step.
 
     Parameters that do not appear here (weights, biases, inputs, targets,
     activations, tau, dt, the number of relaxation steps up to
@@ -73,6 +78,7 @@ class Topology:
     train: bool = False
     align_interval: int = 0
     projection: str = "synapses"
+    copies: int = 1
 
     @property
     def n_layers(self) -> int:
@@ -147,8 +153,12 @@ def build_network(topo: Topology) -> BuiltNetwork:
     n_layers = topo.n_layers
     steps = topo.steps_per_sample
     sample_dt = steps * DT_INTERNAL * second
-    input_values = TimedArray(np.zeros((topo.n_samples, topo.sizes[0])), dt=sample_dt, name="input_values")
-    target_values = TimedArray(np.zeros((topo.n_samples, topo.sizes[-1])), dt=sample_dt, name="target_values")
+    copies = topo.copies
+    if copies > 1 and topo.projection != "dense":
+        raise ValueError("parallel copies of the layers need projection = 'dense' (one weight array for all copies)")
+    # copy s of layer l is units s*n_l .. s*n_l + n_l - 1: a row of the inputs
+    input_values = TimedArray(np.zeros((topo.n_samples, copies * topo.sizes[0])), dt=sample_dt, name="input_values")
+    target_values = TimedArray(np.zeros((topo.n_samples, copies * topo.sizes[-1])), dt=sample_dt, name="target_values")
     namespace = {"input_values": input_values, "target_values": target_values, **brian_functions()}
     rule = topo.rule()
     clock = Clock(dt=DT_INTERNAL * second, name="arsim_clock")
@@ -158,7 +168,7 @@ def build_network(topo: Topology) -> BuiltNetwork:
     for index, size in enumerate(topo.sizes):
         order = 0 if topo.ordering == "synchronous" else 2 * (n_layers - index)
         group = NeuronGroup(
-            size,
+            copies * size,
             neuron_equations(),
             method="euler",
             namespace=namespace,
@@ -174,7 +184,7 @@ def build_network(topo: Topology) -> BuiltNetwork:
         group.act_slope = 0.01
         group.x_start = 1.0
         group.batch_size = 1
-        if topo.train and index >= 1:
+        if topo.train and index >= 1 and copies == 1:
             _add_bias_plasticity(group, sample_dt, rule)
         role = "input" if index == 0 else ("output" if index == n_layers else "hidden")
         code = store_code(role, loss=topo.loss)
@@ -203,18 +213,24 @@ def build_network(topo: Topology) -> BuiltNetwork:
             pre, post, model="\n".join(m for m in model if m), clock=clock,
             namespace=dict(namespace) if dense else namespace, name=f"proj{index}",
         )
-        i, j = projection_indices(len(pre), len(post))
+        i, j = projection_indices(topo.sizes[index], topo.sizes[index + 1])  # the first copies
         syn.connect(i=i, j=j)
         if dense:
             add_dense_projection(
                 syn, pre, post, rule, act_fp=namespace["act_fp"],
                 forward_order=3 * (index + 1) - 2, sample_dt=sample_dt,
                 feedback_order=pre.order - 1 if index >= 1 else None,
-                current_drive_order=None if rule.frozen_forward else ORDER_CURRENT_DRIVE,
+                current_drive_order=None if rule.frozen_forward else ORDER_CURRENT_DRIVE, copies=copies,
             )
         else:
             _schedule_summed(syn, index, rule, sample_clock)
-        if topo.train:
+        if topo.train and copies > 1:
+            # one period is one batch: accumulate and apply in C++ (with the bias of post)
+            add_dense_plasticity(
+                syn, pre, post, rule, act_fp=namespace["act_fp"], copies=copies, sample_dt=sample_dt,
+                accumulate_order=ORDER_ACCUMULATE, apply_order=ORDER_APPLY,
+            )
+        elif topo.train:
             syn.run_regularly(rule.accumulate_code(), dt=sample_dt, when="start", order=ORDER_ACCUMULATE, name=f"proj{index}_accumulate")
             syn.run_regularly(rule.apply_code(), dt=sample_dt, when="start", order=ORDER_APPLY, name=f"proj{index}_apply")
         projections.append(syn)
@@ -223,7 +239,13 @@ def build_network(topo: Topology) -> BuiltNetwork:
     if topo.loss == "ce":
         out = layers[-1]
         norm = Synapses(out, out, model="zsum_post = exp(u_pre - u_post) : 1 (summed)", clock=clock, name="softmax_norm")
-        norm.connect()
+        n_out = topo.sizes[-1]
+        within = np.arange(n_out)
+        # one softmax per copy: all pairs of units within a copy
+        norm.connect(
+            i=np.concatenate([s * n_out + np.tile(within, n_out) for s in range(copies)]),
+            j=np.concatenate([s * n_out + np.repeat(within, n_out) for s in range(copies)]),
+        )
         norm_sum = norm.summed_updaters["zsum_post"]
         norm_sum.when, norm_sum.order = "start", 3 * n_layers - 1
         extra.append(norm)
@@ -258,7 +280,7 @@ def build_network(topo: Topology) -> BuiltNetwork:
             align_monitors[f"b{index}"] = StateMonitor(
                 layers[index],
                 ["b"],
-                record=True,
+                record=np.arange(topo.sizes[index]),  # the copies hold the same bias
                 dt=topo.align_interval * sample_dt,
                 when="start",
                 order=ORDER_ALIGN,

@@ -28,7 +28,7 @@ from .devices import Runner, get_runner
 from .network import DT_INTERNAL, Topology, topology_from_config
 from .relax import Problem, network_params
 
-__all__ = ["Params", "init_params", "epoch_order", "chunk_batches", "train_topology", "BrianTrainer", "ChunkResult", "bp_epoch", "evaluate"]
+__all__ = ["Params", "init_params", "epoch_order", "chunk_batches", "batch_parallel", "train_topology", "BrianTrainer", "ChunkResult", "bp_epoch", "evaluate"]
 
 
 @dataclass
@@ -90,21 +90,30 @@ def chunk_batches(n_batches: int, batch_size: int, max_samples: int = 1024) -> i
     return best
 
 
+def batch_parallel(config: dict) -> bool:
+    """Whether training relaxes a whole minibatch at once (``train.parallel``)."""
+    mode = config["train.parallel"]
+    return mode == "batch" or (mode == "auto" and config["projection"] == "dense")
+
+
 def train_topology(config: dict, chunk_samples: int, max_relax: int | None = None) -> Topology:
     """The build key of a training run of ``chunk_samples`` samples per run.
 
     ``max_relax`` (default: the config's steps) is the longest relaxation the
-    build can run; shorter ones are a run-time parameter.
+    build can run; shorter ones are a run-time parameter. With
+    `batch_parallel` the layers hold ``train.batch_size`` copies and a run
+    has one sample period per batch; otherwise one per sample.
     """
     batch = config["train.batch_size"]
+    copies = batch if batch_parallel(config) else 1
     align = 0
     if config["train.align_every"]:
         # record at every g-th batch of a run, g dividing both the run and the
         # sampling interval, so every sampled batch of the epoch is recorded
-        align = math.gcd(config["train.align_every"], chunk_samples // batch) * batch
+        align = math.gcd(config["train.align_every"], chunk_samples // batch) * (batch // copies)
     return dataclasses.replace(
-        topology_from_config(config, max_relax=max_relax, n_samples=chunk_samples),
-        record_variables=(), record_every=1, train=True, align_interval=align,
+        topology_from_config(config, max_relax=max_relax, n_samples=chunk_samples // copies),
+        record_variables=(), record_every=1, train=True, align_interval=align, copies=copies,
     )
 
 
@@ -137,6 +146,7 @@ class BrianTrainer:
     def __init__(self, config: dict, chunk_samples: int, device: str = "cpp", max_relax: int | None = None,
                  runner: Runner | None = None):
         self.config = config
+        self.chunk_samples = chunk_samples
         batch = config["train.batch_size"]
         if chunk_samples < batch or chunk_samples % batch:
             raise ValueError(f"a run holds whole batches: {chunk_samples} samples with batch size {batch}")
@@ -150,7 +160,9 @@ class BrianTrainer:
     def params_for_run(self, params: Params, x: np.ndarray, targets: np.ndarray) -> dict:
         """Run-time arrays of one run: those of a relaxation plus the learning parameters."""
         config, topo = self.config, self.topology
-        out = network_params(topo, config, Problem(W=params.W, b=params.b, B=params.B, x_in=x, target=targets))
+        # sample p * copies + c is copy c of period p: the rows of x, flattened, are the input rows
+        b = [np.tile(v, topo.copies) for v in params.b]
+        out = network_params(topo, config, Problem(W=params.W, b=b, B=params.B, x_in=x, target=targets))
         for layer in range(topo.n_layers + 1):
             # training always relaxes from the forward state, as its numpy references do
             out[f"layer{layer}.x_start"] = np.array([1.0])
@@ -168,14 +180,14 @@ class BrianTrainer:
         import time
 
         topo = self.topology
-        if len(x) != topo.n_samples:
-            raise ValueError(f"this build trains on {topo.n_samples} samples per run, got {len(x)}")
+        if len(x) != self.chunk_samples:
+            raise ValueError(f"this build trains on {self.chunk_samples} samples per run, got {len(x)}")
         started = time.perf_counter()
         raw = self.runner.run(self.params_for_run(params, x, targets))
         seconds = time.perf_counter() - started
         sizes = topo.sizes
         W = [raw[f"proj{l}.w"].reshape(sizes[l + 1], sizes[l]) for l in range(topo.n_layers)]
-        b = [raw[f"layer{l + 1}.b"].copy() for l in range(topo.n_layers)]
+        b = [raw[f"layer{l + 1}.b"][:sizes[l + 1]].copy() for l in range(topo.n_layers)]
         wb = None
         if topo.rule().backward_variable == "wb":
             wb = [raw[f"proj{l}.wb"].reshape(sizes[l + 1], sizes[l]).T.copy() for l in range(topo.n_layers)]
@@ -193,8 +205,9 @@ class BrianTrainer:
         sizes = topo.sizes
         rows = []
         for record, t in enumerate(raw["align0.t"]):
-            boundary = int(round(t / (DT_INTERNAL * topo.steps_per_sample)))  # samples done in this run
-            if boundary == 0 or boundary > topo.n_samples or (first_batch + boundary // batch) % every:
+            # samples done in this run
+            boundary = int(round(t / (DT_INTERNAL * topo.steps_per_sample))) * topo.copies
+            if boundary == 0 or boundary > self.chunk_samples or (first_batch + boundary // batch) % every:
                 continue
             first = boundary - batch
             # the recorded weights are those the batch was computed with (not yet updated)

@@ -16,18 +16,22 @@ def tiny_result(build_dir):
 
 
 def test_bench_reports_ratios_of_checked_equal_work(tiny_result):
-    relax, train = tiny_result["projections"]["dense"]["relaxation"], tiny_result["projections"]["dense"]["training"]
-    assert relax["max_abs_deviation"] <= 1e-9 and train["max_abs_deviation"] <= 1e-9
+    dense = tiny_result["projections"]["dense"]
+    relax, train, by_sample = dense["relaxation"], dense["training"], dense["training_by_sample"]
+    assert max(part["max_abs_deviation"] for part in (relax, train, by_sample)) <= 1e-9
     # synapse updates: forward once, feedback of projections 1.. every step, per sample
     assert relax["synapse_updates_per_run"] == 3 * ((30 + 20 + 12) + 7 * (20 + 12))
-    for part in (relax, train):
+    for part in (relax, train, by_sample):
         stats = part["ratio_brian2_over_numpy"]
         assert stats["n"] == 2 and 0 < stats["min"] <= stats["median"] <= stats["max"]
         assert part["compile_seconds"] > 0  # as measured when the build was made
     assert train["samples"] == 8 and train["batch_size"] == 4
+    # the default training mode relaxes a batch as 4 copies; the other one sample at a time
+    assert train["parallel_copies"] == 4 and by_sample["parallel_copies"] == 1
     assert tiny_result["machine"]["cores"] >= 1 and "brian2" in tiny_result["versions"]
     text = bench.format_table(tiny_result)
     assert "ratio Brian2/numpy" in text and "synapse-updates/s" in text and "samples/s" in text
+    assert "batch of 4 at once" in text and "sample by sample" in text
 
 
 def test_bench_refuses_to_compare_unequal_work(monkeypatch, build_dir):
@@ -47,13 +51,16 @@ def test_bench_refuses_to_compare_unequal_work(monkeypatch, build_dir):
 
 def test_bench_cli_json_and_errors(capsys):
     assert main(["bench", "--sizes", "6,5,4,3", "--steps", "7", "--repeat", "1", "--relax-samples", "2", "--only", "relax", "--json", "--cached",
-                 "--projection", "dense"]) == 0
+                 "--projection", "dense", "--threads", "1"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["projections"]["dense"]["relaxation"]["steps"] == 7 and "training" not in out["projections"]["dense"]
+    assert out["blas_threads"] == {"numpy": [1], "brian2": "1"}
     assert main(["bench", "--sizes", "6,x"]) == 2
     assert "--sizes" in capsys.readouterr().err
     assert main(["bench", "--repeat", "0"]) == 2
     assert "--repeat 0" in capsys.readouterr().err
+    assert main(["bench", "--threads", "0"]) == 2
+    assert "--threads 0" in capsys.readouterr().err
     assert main(["bench", "--sizes", "6,5,4,3", "--set", "activation=cubic"]) == 2
     assert "activation" in capsys.readouterr().err
 

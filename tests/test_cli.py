@@ -51,6 +51,10 @@ def test_errors_name_key_value_and_accepted_range():
         config_mod.resolve({"sizes": [2, 2], "activation": "softplus"})
     with pytest.raises(config_mod.ConfigError, match=r"sizes = \[3, 0\].*integers >= 1"):
         config_mod.resolve({"sizes": [3, 0]})
+    with pytest.raises(config_mod.ConfigError, match=r"train.parallel = 'batch' with projection = 'synapses'.*expected projection = 'dense'"):
+        config_mod.resolve({"sizes": [2, 2], "projection": "synapses", "train.parallel": "batch"})
+    with pytest.raises(config_mod.ConfigError, match=r"train.parallel = 'copies'.*one of 'auto', 'batch', 'sample'"):
+        config_mod.resolve({"sizes": [2, 2], "train.parallel": "copies"})
 
 
 def test_missing_and_malformed_model_files(tmp_path, capsys):

@@ -86,7 +86,7 @@ def trained(build_dir):
             params = init_params(config)
             x, targets = _data(config)
             result = BrianTrainer(config, N_SAMPLES, max_relax=MAX_RELAX, runner=runner).run_chunk(params, x, targets)
-            cache[variant] = (config, params, x, targets, result, runner.last)
+            cache[variant] = (config, params, x, targets, result, runner.last, topology.copies)
         return cache[variant]
 
     return get
@@ -101,8 +101,13 @@ def _reference_epoch(config, params, x, targets):
 
 @pytest.mark.parametrize("variant", [v for v in VARIANTS if v != "relaxed-forward"])
 def test_dense_relaxation_trajectory_equals_numpy_euler(trained, variant):
-    """Every sample's recorded x(t) equals relax_euler with the weights of its batch."""
-    config, params, x, targets, _, raw = trained(variant)
+    """Every sample's recorded x(t) equals relax_euler with the weights of its batch.
+
+    Training relaxes a batch at once (copies of the layers): sample ``s`` is
+    copy ``s % copies`` of sample period ``s // copies``.
+    """
+    config, params, x, targets, _, raw, copies = trained(variant)
+    assert copies == BATCH
     _, before = _reference_epoch(config, params, x, targets)
     hidden = get_activation(config["activation"])
     output = get_activation(config["output_activation"])
@@ -115,7 +120,8 @@ def test_dense_relaxation_trajectory_equals_numpy_euler(trained, variant):
         e = oracle.output_error(fwd.xbar[-1], targets[s], config["loss"])
         _, trace = relax_euler(p.B, fwd.xbar, fwd.fp, e, eta, steps, config["derivative"], config["ordering"])
         for layer in range(1, len(SIZES)):
-            recorded = raw[f"monitor{layer}.x"][s * per_sample:(s + 1) * per_sample]
+            period, copy, n = s // copies, s % copies, SIZES[layer]
+            recorded = raw[f"monitor{layer}.x"][period * per_sample:(period + 1) * per_sample, copy * n:(copy + 1) * n]
             np.testing.assert_allclose(recorded, trace[layer], rtol=0, atol=1e-10)
         moved = max(moved, np.abs(trace[1][-1] - trace[1][0]).max())
     assert moved > 1e-2  # the hidden layers really relaxed: the comparison is not vacuous
@@ -123,7 +129,7 @@ def test_dense_relaxation_trajectory_equals_numpy_euler(trained, variant):
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_dense_training_equals_numpy(trained, variant):
-    config, params, x, targets, result, _ = trained(variant)
+    config, params, x, targets, result, _, _ = trained(variant)
     final, _ = _reference_epoch(config, params, x, targets)
     for l in range(len(SIZES) - 1):
         np.testing.assert_allclose(result.params.W[l], final.W[l], rtol=0, atol=1e-10)

@@ -56,3 +56,23 @@ def test_runtime_device_equals_standalone(small):
     for layer in range(1, len(SMALL_NET)):
         np.testing.assert_allclose(runtime.xtrace[layer], cpp.xtrace[layer], rtol=0, atol=1e-12)
     assert np.abs(cpp.xtrace[1][-1] - cpp.xtrace[1][0]).max() > 1e-3  # it relaxed
+
+
+def test_run_files_go_to_the_run_directory_and_are_removed(small, tmp_path, monkeypatch):
+    """A run's input and result files live in ``$ARSIM_RUN_DIR`` and are gone after it."""
+    config, topo, runner = small
+    monkeypatch.setenv("ARSIM_RUN_DIR", str(tmp_path))
+    assert devices.run_files_dir() == tmp_path
+    seen = []
+    original = devices.subprocess.run
+
+    def spy(args, **kwargs):
+        results = args[args.index("--results_dir") + 1]
+        seen.append(results)
+        return original(args, **kwargs)
+
+    monkeypatch.setattr(devices.subprocess, "run", spy)
+    result = runner.run(network_params(topo, config, draw_problem(config)))
+    assert result["layer1.x"].shape == (SMALL_NET[1],)
+    assert len(seen) == 1 and seen[0].startswith(str(tmp_path))
+    assert list(tmp_path.iterdir()) == []

@@ -23,6 +23,12 @@ RULES = {
     "ce+relu": {"loss": "ce", "activation": "relu", "output_activation": "linear"},
     "relaxed-forward": {"forward": "relaxed"},
     "relaxed-forward+learned+sequential": {"forward": "relaxed", "feedback": "learned", "feedback_std": 0.4, "ordering": "sequential"},
+    # the dense rules above relax a whole batch at once (train.parallel = auto);
+    # these run the same dense projections one sample after another
+    "sample": {"train.parallel": "sample"},
+    "sample+relaxed+learned+sequential": {
+        "train.parallel": "sample", "forward": "relaxed", "feedback": "learned", "feedback_std": 0.4, "ordering": "sequential",
+    },
     # the plain Brian2 (summed) projections, the reference idiom
     "synapses": {"projection": "synapses"},
     "synapses+relaxed+learned+sequential": {
@@ -233,14 +239,35 @@ def test_chunk_batches_is_largest_divisor_within_limit(n_batches, batch, limit, 
     assert chunk_batches(n_batches, batch, limit) == expected
 
 
-def test_long_run_has_no_clock_drift(build_dir):
+def test_parallel_mode_sets_the_copies_of_the_build():
+    """auto relaxes a batch at once with dense projections and sample by sample with synapses."""
+    assert train_topology(_config(), N_SAMPLES).copies == BATCH
+    assert train_topology(_config(), N_SAMPLES).n_samples == N_SAMPLES // BATCH
+    assert train_topology(_config(**RULES["sample"]), N_SAMPLES).copies == 1
+    assert train_topology(_config(**RULES["synapses"]), N_SAMPLES).copies == 1
+    assert train_topology(_config(**RULES["synapses"]), N_SAMPLES).n_samples == N_SAMPLES
+
+
+@pytest.mark.parametrize("rule", ["learned+noderiv", "relaxed-forward+learned+sequential"])
+def test_batch_parallel_runtime_target_equals_numpy(rule):
+    """The numpy side of the batch-parallel functions (Brian2 runtime target) also equals the reference."""
+    config = _config(duration=20.0, **RULES[rule])
+    params = init_params(config)
+    x, targets = _data(config)
+    result = BrianTrainer(config, N_SAMPLES, device="runtime", max_relax=20).run_chunk(params, x, targets)
+    assert result.alignment  # the monitors saw every batch
+    _assert_params_close(result.params, per_sample_reference(config, params, x, targets, 20), 1e-10)
+
+
+@pytest.mark.parametrize("parallel", ["sample", "batch"])
+def test_long_run_has_no_clock_drift(build_dir, parallel):
     """2,000 samples of 11 steps (not a power of two) in one run still equal numpy exactly.
 
     Brian2 clocks drift when sample and step clocks are not exact binary
     multiples (BRIAN2_NOTES: a silent extra step after ~640 samples); this
     would show as a mismatch here.
     """
-    config = _config(sizes=[4, 3, 2], duration=10.0, **{"train.batch_size": 8, "train.lr": 0.01})
+    config = _config(sizes=[4, 3, 2], duration=10.0, **{"train.batch_size": 8, "train.lr": 0.01, "train.parallel": parallel})
     n = 2000
     rng = np.random.default_rng(11)
     x = rng.uniform(0.0, 1.0, size=(n, 4))
