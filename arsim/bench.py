@@ -4,9 +4,12 @@ Every number is a ratio of two timings taken in the same process, one right
 after the other, repeated ``R`` times (median and min-max spread reported),
 because these machines are shared and absolute times drift. Each pair does
 the same work and the bench checks that it computes the same numbers
-(relaxed state or trained weights equal to 1e-9) before it reports a ratio.
+(relaxed state or trained weights equal to 1e-9; with ``--set
+precision=float32`` both sides compute in float32 and must agree to 1e-4
+of the relaxed state's scale, or to 1% of the run's weight change in
+training) before it reports a ratio.
 
-Measured (float64):
+Measured (float64 unless ``precision = "float32"``):
 
 relaxation, batch 1
     the compiled Brian2 network relaxing one sample for ``--steps`` Euler
@@ -53,7 +56,7 @@ from .devices import StandaloneRunner
 from .network import Topology, topology_from_config
 from .reference import relax_euler
 from .relax import draw_problem, network_params
-from .training import BrianTrainer, epoch_order, init_params, train_topology
+from .training import BrianTrainer, Params, epoch_order, init_params, train_topology
 
 __all__ = ["run_bench", "format_table"]
 
@@ -67,9 +70,31 @@ def _relax_topology(config: dict, n_samples: int) -> Topology:
     return dataclasses.replace(topology_from_config(config, n_samples=n_samples), record_variables=())
 
 
+def _numpy_dtype(config: dict):
+    """The numpy side computes in the network's precision, so both do the same work."""
+    return np.float32 if config["precision"] == "float32" else np.float64
+
+
+def _check_equal(deviation: float, float32_tolerance: float, config: dict, what: str) -> float:
+    """Raise unless the two sides agree: 1e-9 in float64, ``float32_tolerance`` in float32.
+
+    Returns the tolerance used.
+    """
+    tolerance = 1e-9 if config["precision"] == "float64" else float32_tolerance
+    if not deviation <= tolerance:
+        raise AssertionError(
+            f"Brian2 and numpy {what} differ by {deviation:.3g} (> {tolerance:.3g}): the ratio would compare unequal work"
+        )
+    return tolerance
+
+
 def _synapse_updates(sizes, steps: int) -> int:
     weights = [sizes[l] * sizes[l + 1] for l in range(len(sizes) - 1)]
     return sum(weights) + steps * sum(weights[1:])
+
+
+#: one-sample runs timed to measure the per-run overhead
+OVERHEAD_RUNS = 100
 
 
 def bench_relaxation(config: dict, repeat: int, n_samples: int, build_root) -> dict:
@@ -78,8 +103,9 @@ def bench_relaxation(config: dict, repeat: int, n_samples: int, build_root) -> d
     The timed Brian2 run relaxes ``n_samples`` samples one after the other
     (the network is reset by each sample's forward sweep), so the cost of
     starting the binary is spread over them; numpy relaxes the same samples
-    one by one. The overhead of one run is measured separately: ``repeat``
-    runs of a one-sample build against one run of ``repeat`` samples.
+    one by one. The overhead of one run is measured separately: up to
+    `OVERHEAD_RUNS` runs of a one-sample build against the run of
+    ``n_samples`` samples.
     """
     steps = int(round(config["duration"] / config["dt"]))
     runner = StandaloneRunner(_relax_topology(config, n_samples), cache_dir=build_root)
@@ -91,12 +117,15 @@ def bench_relaxation(config: dict, repeat: int, n_samples: int, build_root) -> d
     hidden = get_activation(config["activation"], config["leaky_slope"])
     output = get_activation(config["output_activation"], config["leaky_slope"])
     eta = config["dt"] / config["tau"]
+    dtype = _numpy_dtype(config)
+    W, b, B = ([m.astype(dtype) for m in arrays] for arrays in (problem.W, problem.b, problem.B))
+    x_in, target = problem.x_in.astype(dtype), problem.target.astype(dtype)
 
     def numpy_relax():
         for _ in range(n_samples):
-            fwd = oracle.forward(problem.W, problem.b, problem.x_in, hidden, output, config["loss"])
-            e = oracle.output_error(fwd.xbar[-1], problem.target, config["loss"])
-            state, _ = relax_euler(problem.B, fwd.xbar, fwd.fp, e, eta, steps, config["derivative"], config["ordering"],
+            fwd = oracle.forward(W, b, x_in, hidden, output, config["loss"])
+            e = oracle.output_error(fwd.xbar[-1], target, config["loss"])
+            state, _ = relax_euler(B, fwd.xbar, fwd.fp, e, eta, steps, config["derivative"], config["ordering"],
                                    record_every=steps + 1)
         return state
 
@@ -110,18 +139,21 @@ def bench_relaxation(config: dict, repeat: int, n_samples: int, build_root) -> d
         numpy_times.append(time.perf_counter() - t0)
     n_layers = len(config["sizes"]) - 1
     deviation = max(float(np.max(np.abs(raw[f"layer{l}.x"] - state[l]))) for l in range(1, n_layers))
-    if not deviation <= 1e-9:
-        raise AssertionError(f"Brian2 and numpy relaxations differ by {deviation:.3g} (> 1e-9): the ratio would compare unequal work")
+    scale = max(float(np.max(np.abs(state[l]))) for l in range(1, n_layers))
+    tolerance = _check_equal(deviation, 1e-4 * scale, config, "relaxations")
     updates = n_samples * _synapse_updates(config["sizes"], steps)
     ratios = [n / b for b, n in zip(brian_times, numpy_times)]
 
     single = StandaloneRunner(_relax_topology(config, 1), cache_dir=build_root)
     one_params = network_params(single.topology, config, problem)
+    k = min(n_samples, OVERHEAD_RUNS)
     t0 = time.perf_counter()
-    for _ in range(n_samples):
+    for _ in range(k):
         single.run(one_params)
     many_runs = time.perf_counter() - t0
-    overhead = (many_runs - statistics.median(brian_times)) / n_samples
+    # k runs cost k (o + c) and one run of n samples T = o + n c: solve for the overhead o
+    long_run = statistics.median(brian_times)
+    overhead = (many_runs - k * long_run / n_samples) / (k * (1 - 1 / n_samples)) if n_samples > 1 else float("nan")
     return {
         "steps": steps,
         "samples_per_run": n_samples,
@@ -132,8 +164,10 @@ def bench_relaxation(config: dict, repeat: int, n_samples: int, build_root) -> d
         "numpy_updates_per_second": updates / statistics.median(numpy_times),
         "ratio_brian2_over_numpy": _stats(ratios),
         "max_abs_deviation": deviation,
+        "tolerance": tolerance,
         "compile_seconds": compile_seconds,
         "single_sample_runs_seconds": many_runs,
+        "single_sample_runs": k,
         "overhead_per_run_seconds": overhead,
     }
 
@@ -150,20 +184,27 @@ def bench_training(config: dict, repeat: int, n_samples: int, build_root) -> dic
     order = epoch_order(config, n_samples, 1)
     x, targets = x[order], targets[order]
     params = init_params(config)
+    dtype = _numpy_dtype(config)
+    numpy_params = Params(*([m.astype(dtype) for m in arrays] for arrays in (params.W, params.b, params.B)))
+    numpy_x, numpy_targets = x.astype(dtype), targets.astype(dtype)
     brian_times, numpy_times = [], []
     for _ in range(repeat):
         t0 = time.perf_counter()
         trained = trainer.run_chunk(params, x, targets).params
         brian_times.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        reference = ar_batch.ar_epoch(config, params, x, targets)
+        reference = ar_batch.ar_epoch(config, numpy_params, numpy_x, numpy_targets)
         numpy_times.append(time.perf_counter() - t0)
     deviation = max(
         max(float(np.max(np.abs(a - b))) for a, b in zip(trained.W, reference.W)),
         max(float(np.max(np.abs(a - b))) for a, b in zip(trained.b, reference.b)),
     )
-    if not deviation <= 1e-9:
-        raise AssertionError(f"Brian2 and numpy training differ by {deviation:.3g} (> 1e-9): the ratio would compare unequal work")
+    # float32: round-off can flip the ReLU derivative of a unit whose drive is
+    # near zero, after which runs with different summation orders part by
+    # ~1e-4 (measured: numpy float32 against float64 after 11 of 16 batches);
+    # work left undone would differ by the order of the weight change itself
+    change = max(float(np.max(np.abs(a - b))) for a, b in zip(reference.W, numpy_params.W))
+    tolerance = _check_equal(deviation, 1e-2 * change, config, "training")
     ratios = [n / b for b, n in zip(brian_times, numpy_times)]
     return {
         "samples": n_samples,
@@ -176,6 +217,7 @@ def bench_training(config: dict, repeat: int, n_samples: int, build_root) -> dic
         "numpy_seconds": _stats(numpy_times),
         "ratio_brian2_over_numpy": _stats(ratios),
         "max_abs_deviation": deviation,
+        "tolerance": tolerance,
         "compile_seconds": compile_seconds,
     }
 
@@ -194,7 +236,7 @@ TRAINING_MODES = {"dense": (("training", "batch"), ("training_by_sample", "sampl
 
 
 def run_bench(sizes: list, steps: int = 100, repeat: int = 5, train_samples: int = 1024, batch: int = 64,
-              overrides: dict | None = None, parts=("relax", "train"), relax_samples: int = 100, build_root=None,
+              overrides: dict | None = None, parts=("relax", "train"), relax_samples: int = 1000, build_root=None,
               projections=("dense", "synapses"), threads: int | None = None) -> dict:
     """Run the benchmark and return every measurement with the machine description.
 
@@ -223,6 +265,7 @@ def _run_bench(sizes, steps, repeat, train_samples, batch, overrides, parts, rel
     result = {
         "sizes": list(sizes),
         "repeat": repeat,
+        "precision": (overrides or {}).get("precision", "float64"),
         "machine": {"cores": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor()},
         "versions": {"arsim": __version__, "numpy": np.__version__, "python": platform.python_version(), **versions},
         "blas_threads": threads,
@@ -243,7 +286,7 @@ def _run_bench(sizes, steps, repeat, train_samples, batch, overrides, parts, rel
 def format_table(result: dict) -> str:
     """The human-readable report of `run_bench`."""
     lines = [
-        f"arsim bench: {'-'.join(map(str, result['sizes']))}, float64, median of {result['repeat']} (min-max);"
+        f"arsim bench: {'-'.join(map(str, result['sizes']))}, {result['precision']}, median of {result['repeat']} (min-max);"
         f" {result['machine']['cores']} cores; brian2 {result['versions']['brian2']}, numpy {result['versions']['numpy']};"
         f" BLAS threads: numpy {','.join(map(str, result['blas_threads']['numpy']))}, Brian2 {result['blas_threads']['brian2']}",
     ]
@@ -257,9 +300,10 @@ def format_table(result: dict) -> str:
                 f"  ({relax['brian2_seconds']['median'] * 1e3:.1f} ms per run)",
                 f"  numpy dense Euler      {relax['numpy_updates_per_second'] / 1e6:10.1f} M synapse-updates/s"
                 f"  ({relax['numpy_seconds']['median'] * 1e3:.1f} ms)",
-                f"  ratio Brian2/numpy     {r['median']:10.3f}  ({r['min']:.3f}-{r['max']:.3f}); max |dx| {relax['max_abs_deviation']:.1e}",
+                f"  ratio Brian2/numpy     {r['median']:10.3f}  ({r['min']:.3f}-{r['max']:.3f}); max |dx| {relax['max_abs_deviation']:.1e}"
+                f" (tolerance {relax['tolerance']:.0e})",
                 f"  compile {relax['compile_seconds']:.1f} s; run_args overhead per run {relax['overhead_per_run_seconds'] * 1e3:.1f} ms"
-                f" ({relax['samples_per_run']} runs of 1 sample: {relax['single_sample_runs_seconds'] * 1e3:.0f} ms,"
+                f" ({relax['single_sample_runs']} runs of 1 sample: {relax['single_sample_runs_seconds'] * 1e3:.0f} ms,"
                 f" 1 run of {relax['samples_per_run']}: {relax['brian2_seconds']['median'] * 1e3:.0f} ms)",
             ]
         for key, _ in TRAINING_MODES[projection]:
@@ -273,7 +317,8 @@ def format_table(result: dict) -> str:
                 f" updates per batch of {train['batch_size']}:",
                 f"  Brian2 ({mode}){' ' * max(1, 20 - len(mode))}{train['brian2_samples_per_second']:10.1f} samples/s",
                 f"  numpy batched ({train['batch_size']})        {train['numpy_samples_per_second']:10.1f} samples/s",
-                f"  ratio Brian2/numpy         {r['median']:10.3f}  ({r['min']:.3f}-{r['max']:.3f}); max |dW| {train['max_abs_deviation']:.1e}",
+                f"  ratio Brian2/numpy         {r['median']:10.3f}  ({r['min']:.3f}-{r['max']:.3f}); max |dW| {train['max_abs_deviation']:.1e}"
+                f" (tolerance {train['tolerance']:.0e})",
                 f"  compile {train['compile_seconds']:.1f} s",
             ]
     return "\n".join(lines)

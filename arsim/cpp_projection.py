@@ -31,7 +31,7 @@ Fragility (read before upgrading Brian2)
 ----------------------------------------
 The C++ reaches Brian2's arrays through their global C++ symbols, the names
 ``device.get_array_name(var)`` returns: ``brian::_array_<group>_<var>``
-(``double *``) for neuron variables and ``brian::_dynamic_array_<syn>_<var>``
+(``double *``, ``float *`` with ``precision = "float32"``) for neuron variables and ``brian::_dynamic_array_<syn>_<var>``
 (``std::vector<double>``, read with ``.data()`` on every call) for synaptic
 ones. These symbols, their types, the ``brian`` namespace and the fact that
 the support code of a user function is compiled next to ``objects.h`` are
@@ -61,6 +61,20 @@ def _standalone() -> bool:
     from brian2.devices.cpp_standalone.device import CPPStandaloneDevice
 
     return isinstance(get_device(), CPPStandaloneDevice)
+
+
+def _real() -> str:
+    """C++ type of Brian2's floating-point arrays (``prefs.core.default_float_dtype``)."""
+    import numpy as np
+    from brian2 import prefs
+
+    return "float" if np.dtype(prefs.core.default_float_dtype) == np.float32 else "double"
+
+
+def _types() -> dict:
+    """Template fields of the floating-point type: ``real`` and the matching CBLAS ``gemm``."""
+    real = _real()
+    return {"real": real, "gemm": "scipy_cblas_sgemm" if real == "float" else "scipy_cblas_dgemm"}
 
 
 def blas_compiler_kwds() -> dict:
@@ -100,27 +114,27 @@ static double {func}(const double tick, const int kind, const double slope)
 {{
     // fb_pre[i] = sum_j M[j, i] * c_j with M = {matrix} (n_post x n_pre, row-major):
     // four rows per pass over fb (a plain axpy per row is ~30 % slower at 300 x 300)
-    const double* __restrict M = {matrix_ptr};
-    const double* __restrict x = {x_post};
-    double* __restrict fb = {fb_pre};
+    const {real}* __restrict M = {matrix_ptr};
+    const {real}* __restrict x = {x_post};
+    {real}* __restrict fb = {fb_pre};
     {derivative_decl}
     for (int i = 0; i < {n_pre}; i++)
         fb[i] = 0.0;
     int j = 0;
     for (; j + 4 <= {n_post}; j += 4)
     {{
-        const double c0 = {carried0}, c1 = {carried1}, c2 = {carried2}, c3 = {carried3};
-        const double* __restrict r0 = M + (size_t)j * {n_pre};
-        const double* __restrict r1 = r0 + {n_pre};
-        const double* __restrict r2 = r1 + {n_pre};
-        const double* __restrict r3 = r2 + {n_pre};
+        const {real} c0 = {carried0}, c1 = {carried1}, c2 = {carried2}, c3 = {carried3};
+        const {real}* __restrict r0 = M + (size_t)j * {n_pre};
+        const {real}* __restrict r1 = r0 + {n_pre};
+        const {real}* __restrict r2 = r1 + {n_pre};
+        const {real}* __restrict r3 = r2 + {n_pre};
         for (int i = 0; i < {n_pre}; i++)
             fb[i] += r0[i] * c0 + r1[i] * c1 + r2[i] * c2 + r3[i] * c3;
     }}
     for (; j < {n_post}; j++)
     {{
-        const double c = {carried};
-        const double* __restrict row = M + (size_t)j * {n_pre};
+        const {real} c = {carried};
+        const {real}* __restrict row = M + (size_t)j * {n_pre};
         for (int i = 0; i < {n_pre}; i++)
             fb[i] += row[i] * c;
     }}
@@ -132,13 +146,13 @@ _DRIVE_CPP = """
 static double {func}(const double tick)
 {{
     // {target}_post[j] = sum_i W[j, i] * {source}_pre[i]
-    const double* __restrict W = {w};
-    const double* __restrict v = {source_pre};
-    double* __restrict out = {target_post};
+    const {real}* __restrict W = {w};
+    const {real}* __restrict v = {source_pre};
+    {real}* __restrict out = {target_post};
     for (int j = 0; j < {n_post}; j++)
     {{
-        const double* __restrict row = W + (size_t)j * {n_pre};
-        double s = 0.0;
+        const {real}* __restrict row = W + (size_t)j * {n_pre};
+        {real} s = 0;
         for (int i = 0; i < {n_pre}; i++)
             s += row[i] * v[i];
         out[j] = s;
@@ -158,11 +172,11 @@ _FEEDBACK_GEMM_CPP = """
 static double {func}(const double tick, const int kind, const double slope)
 {{
     // fb_pre (copies x n_pre) = C (copies x n_post) M (n_post x n_pre), M = {matrix}
-    static std::vector<double> carried_buffer({copies} * {n_post});
-    const double* __restrict x = {x_post};
+    static std::vector<{real}> carried_buffer({copies} * {n_post});
+    const {real}* __restrict x = {x_post};
     {derivative_decl}
     {carried_fill}
-    scipy_cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, {copies}, {n_pre}, {n_post},
+    {gemm}(CblasRowMajor, CblasNoTrans, CblasNoTrans, {copies}, {n_pre}, {n_post},
                       1.0, C, {n_post}, {matrix_ptr}, {n_pre}, 0.0, {fb_pre}, {n_pre});
     return tick;
 }}
@@ -172,7 +186,7 @@ _DRIVE_GEMM_CPP = """
 static double {func}(const double tick)
 {{
     // {target}_post (copies x n_post) = {source}_pre (copies x n_pre) W^T
-    scipy_cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, {copies}, {n_post}, {n_pre},
+    {gemm}(CblasRowMajor, CblasNoTrans, CblasTrans, {copies}, {n_post}, {n_pre},
                       1.0, {source_pre}, {n_pre}, {w}, {n_pre}, 0.0, {target_post}, {n_post});
     return tick;
 }}
@@ -184,8 +198,8 @@ static double {func}(const double tick, const int gate, const int kind, const do
     // the batch's summed local update: dw_acc (n_post x n_pre) = D^T P with
     // D = x_post * f' (copies x n_post) and P = {pre_activity}_pre (copies x n_pre);
     // db_acc of the first copy holds the bias update, sum_s D[s, :]
-    double* __restrict dw = {dw_acc};
-    double* __restrict db = {db_acc_post};
+    {real}* __restrict dw = {dw_acc};
+    {real}* __restrict db = {db_acc_post};
     if (!gate)
     {{
         // the first step of a run: no sample has relaxed yet
@@ -195,13 +209,13 @@ static double {func}(const double tick, const int gate, const int kind, const do
             db[j] = 0.0;
         return tick;
     }}
-    static std::vector<double> delta_buffer({copies} * {n_post});
-    double* __restrict D = delta_buffer.data();
-    const double* __restrict x = {x_post};
+    static std::vector<{real}> delta_buffer({copies} * {n_post});
+    {real}* __restrict D = delta_buffer.data();
+    const {real}* __restrict x = {x_post};
     {derivative_decl}
     for (int k = 0; k < {copies} * {n_post}; k++)
         D[k] = {delta};
-    scipy_cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, {n_post}, {n_pre}, {copies},
+    {gemm}(CblasRowMajor, CblasTrans, CblasNoTrans, {n_post}, {n_pre}, {copies},
                       1.0, D, {n_post}, {pre_ptr}, {n_pre}, 0.0, dw, {n_pre});
     for (int j = 0; j < {n_post}; j++)
     {{
@@ -221,16 +235,16 @@ static double {func}(const double tick, const int gate, const double lr)
     // every copy of the post-synaptic bias -= lr db_acc (the copies stay equal)
     if (!gate)
         return tick;
-    const double* __restrict dw = {dw_acc};
-    double* __restrict w = {w};
+    const {real}* __restrict dw = {dw_acc};
+    {real}* __restrict w = {w};
     {backward_decl}
     for (size_t k = 0; k < (size_t){n_post} * {n_pre}; k++)
     {{
         w[k] -= lr * dw[k];
         {backward_step}
     }}
-    const double* __restrict db = {db_acc_post};
-    double* __restrict b = {b_post};
+    const {real}* __restrict db = {db_acc_post};
+    {real}* __restrict b = {b_post};
     for (int s = 0; s < {copies}; s++)
         for (int j = 0; j < {n_post}; j++)
             b[s * {n_post} + j] -= lr * db[j];
@@ -248,10 +262,10 @@ def _derivative_code(rule, names: dict, index: str, derivative: bool | None = No
     if not (rule.derivative if derivative is None else derivative):
         return "", f"x[{index}]"
     if rule.derivative_variable == "fpnow":
-        decl = (f"const double* __restrict anow = {names['anow_post']};\n"
-                f"    const double* __restrict bias = {names['b_post']};")
+        decl = (f"const {_real()}* __restrict anow = {names['anow_post']};\n"
+                f"    const {_real()}* __restrict bias = {names['b_post']};")
         return decl, f"x[{index}] * arsim_activation_derivative(anow[{index}] + bias[{index}], kind, slope)"
-    return f"const double* __restrict d = {names['fp_post']};", f"x[{index}] * d[{index}]"
+    return f"const {_real()}* __restrict d = {names['fp_post']};", f"x[{index}] * d[{index}]"
 
 
 def _numpy_carried(rule, post, act_fp, kind, slope, derivative: bool | None = None):
@@ -302,19 +316,19 @@ def _feedback_function(syn, pre, post, rule, act_fp, copies: int):
         if copies > 1:
             decl, carried = _derivative_code(rule, names, "k")
             if rule.derivative:
-                fill = (f"double* __restrict C = carried_buffer.data();\n"
+                fill = (f"{_real()}* __restrict C = carried_buffer.data();\n"
                         f"    for (int k = 0; k < {copies} * {n_post}; k++)\n        C[k] = {carried};")
             else:
-                fill = "const double* __restrict C = x;"
+                fill = f"const {_real()}* __restrict C = x;"
             code = _FEEDBACK_GEMM_CPP.format(
-                func=func, matrix=matrix, matrix_ptr=names[matrix], x_post=names["x_post"], fb_pre=names["fb_pre"],
+                **_types(), func=func, matrix=matrix, matrix_ptr=names[matrix], x_post=names["x_post"], fb_pre=names["fb_pre"],
                 derivative_decl=decl, carried_fill=fill, n_pre=n_pre, n_post=n_post, copies=copies,
             )
         else:
             decl, carried = _derivative_code(rule, names, "@")
             rows = {f"carried{k}": carried.replace("@", f"j + {k}") for k in range(4)}
             code = _FEEDBACK_CPP.format(
-                func=func, matrix=matrix, matrix_ptr=names[matrix], x_post=names["x_post"], fb_pre=names["fb_pre"],
+                **_types(), func=func, matrix=matrix, matrix_ptr=names[matrix], x_post=names["x_post"], fb_pre=names["fb_pre"],
                 derivative_decl=decl, carried=carried.replace("@", "j"), n_pre=n_pre, n_post=n_post, **rows,
             )
         _add_cpp(function, code, func, rule, act_fp, copies)
@@ -339,7 +353,7 @@ def _drive_function(syn, pre, post, source: str, target: str, copies: int):
         names = _names(get_device(), syn, pre, post)
         template = _DRIVE_GEMM_CPP if copies > 1 else _DRIVE_CPP
         code = template.format(
-            func=func, w=names["w"], source=source, target=target, source_pre=names[f"{source}_pre"],
+            **_types(), func=func, w=names["w"], source=source, target=target, source_pre=names[f"{source}_pre"],
             target_post=names[f"{target}_post"], n_pre=n_pre, n_post=n_post, copies=copies,
         )
         function.implementations.add_implementation(
@@ -444,14 +458,14 @@ def add_dense_plasticity(syn, pre, post, rule, act_fp, copies: int, sample_dt, a
         names = _names(get_device(), syn, pre, post)
         decl, delta = _derivative_code(rule, names, "k", derivative=True)
         code = _ACCUMULATE_GEMM_CPP.format(
-            func=accumulate, dw_acc=names["dw_acc"], db_acc_post=names["db_acc_post"], x_post=names["x_post"],
+            **_types(), func=accumulate, dw_acc=names["dw_acc"], db_acc_post=names["db_acc_post"], x_post=names["x_post"],
             derivative_decl=decl, delta=delta, pre_activity=pre_activity, pre_ptr=names[f"{pre_activity}_pre"],
             n_pre=n_pre, n_post=n_post, copies=copies,
         )
         _add_cpp(accumulate_function, code, accumulate, rule, act_fp, copies)
         code = _APPLY_CPP.format(
-            func=apply, dw_acc=names["dw_acc"], w=names["w"], db_acc_post=names["db_acc_post"], b_post=names["b_post"],
-            backward_decl=f"double* __restrict wb = {names['wb']};" if learns_backward else "",
+            **_types(), func=apply, dw_acc=names["dw_acc"], w=names["w"], db_acc_post=names["db_acc_post"], b_post=names["b_post"],
+            backward_decl=f"{_real()}* __restrict wb = {names['wb']};" if learns_backward else "",
             backward_step="wb[k] -= lr * dw[k];" if learns_backward else "",
             n_pre=n_pre, n_post=n_post, copies=copies,
         )

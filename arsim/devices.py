@@ -251,6 +251,7 @@ class StandaloneRunner(Runner):
         if self.directory.exists():
             shutil.rmtree(self.directory)  # a half-finished earlier build
         prefs.reset_to_defaults()
+        prefs.core.default_float_dtype = np.dtype(self.topology.precision).type
         # Brian2's default "make -j" starts a compiler for every source file at
         # once (dozens of processes on a 2-core machine, and several builds
         # may run side by side): cap the jobs at the core count
@@ -263,7 +264,7 @@ class StandaloneRunner(Runner):
             params = {}
             for key, view in views.items():
                 if key in ("input_values", "target_values"):
-                    params[key] = {"arg": f"{view.name}.values", "dtype": "float64"}
+                    params[key] = {"arg": f"{view.name}.values", "dtype": str(np.asarray(view.values).dtype)}
                 else:
                     params[key] = {"arg": f"{view.group_name}.{view.name}", "dtype": str(np.dtype(view.dtype))}
             outputs = {
@@ -311,6 +312,9 @@ class StandaloneRunner(Runner):
                 if not path.exists():  # a result the binary did not write is an error, never an empty array
                     raise RuntimeError(f"standalone run in {self.directory} wrote no {spec['file']} (result {key})")
                 raw[key] = np.fromfile(path, dtype=spec["dtype"])
+                if raw[key].dtype == np.float32:
+                    # float32 networks report float64 arrays (exact) like every other arsim result
+                    raw[key] = raw[key].astype(np.float64)
             return _reshape_results(self.topology, raw)
         finally:
             if not keep_results:
@@ -331,6 +335,7 @@ class RuntimeRunner(Runner):
         checked = self.check_params(params)
         reset_device("runtime")
         prefs.reset_to_defaults()
+        prefs.core.default_float_dtype = np.dtype(self.topology.precision).type
         prefs.codegen.target = "numpy"
         built = build_network(self.topology)
         for key, value in checked.items():
@@ -350,6 +355,8 @@ class RuntimeRunner(Runner):
         raw = {}
         for key, var in _result_variables(built).items():
             raw[key] = np.asarray(var.get_value()).ravel().copy()
+            if raw[key].dtype == np.float32:
+                raw[key] = raw[key].astype(np.float64)
         return _reshape_results(self.topology, raw)
 
 

@@ -79,6 +79,7 @@ class Topology:
     align_interval: int = 0
     projection: str = "synapses"
     copies: int = 1
+    precision: str = "float64"
 
     @property
     def n_layers(self) -> int:
@@ -116,6 +117,7 @@ def topology_from_config(config: dict, max_relax: int | None = None, n_samples: 
         max_relax=int(max_relax if max_relax is not None else n_relax_steps(config)),
         n_samples=n_samples,
         projection=config["projection"],
+        precision=config["precision"],
     )
 
 

@@ -76,7 +76,8 @@ def forward(W, b, x0, hidden: Activation, output: Activation, loss_name: str) ->
         ignored.
     loss_name : {"mse", "ce"}
     """
-    x0 = np.asarray(x0, dtype=np.float64)
+    # float32 weights (precision = "float32" references) keep the pass in float32
+    x0 = np.asarray(x0, dtype=np.float32 if all(np.asarray(w).dtype == np.float32 for w in W) else np.float64)
     xbar, fp, pre = [x0], [np.ones_like(x0)], [x0]
     n_layers = len(W)
     for layer in range(n_layers):

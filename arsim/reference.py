@@ -49,10 +49,11 @@ def relax_euler(B, xbar, fp, e, eta: float, n_steps: int, derivative: bool = Tru
         (``trace[0]`` is None).
     """
     n_layers = len(xbar) - 1
-    x = [np.array(v, dtype=np.float64) for v in xbar]
+    dtype = np.float32 if np.asarray(xbar[-1]).dtype == np.float32 else np.float64  # float32 stays float32
+    x = [np.array(v, dtype=dtype) for v in xbar]
     for l in range(1, n_layers):
         x[l] = x_start * x[l]
-    x[n_layers] = np.array(e, dtype=np.float64)
+    x[n_layers] = np.array(e, dtype=dtype)
     trace = [None] + [[x[l].copy()] for l in range(1, n_layers + 1)]
 
     def drive(layer, state):

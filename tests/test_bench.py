@@ -69,3 +69,13 @@ def test_synapse_update_count_closed_form():
     sizes = [784, 300, 300, 100, 10]
     weights = np.array([784 * 300, 300 * 300, 300 * 100, 100 * 10])
     assert bench._synapse_updates(sizes, 100) == weights.sum() + 100 * weights[1:].sum()
+
+
+def test_equal_work_tolerance_by_precision():
+    """float64 must agree to 1e-9; float32 to the tolerance the caller derives from its scale."""
+    assert bench._check_equal(5e-10, 1e-3, {"precision": "float64"}, "runs") == 1e-9
+    with pytest.raises(AssertionError, match="differ by 2e-09"):
+        bench._check_equal(2e-9, 1e-3, {"precision": "float64"}, "runs")
+    assert bench._check_equal(5e-4, 1e-3, {"precision": "float32"}, "runs") == 1e-3
+    with pytest.raises(AssertionError, match="> 0.001"):
+        bench._check_equal(2e-3, 1e-3, {"precision": "float32"}, "runs")

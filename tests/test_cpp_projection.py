@@ -191,3 +191,46 @@ def test_runtime_device_dense_relaxed_forward_training_equals_numpy():
     for l in range(len(SIZES) - 1):
         np.testing.assert_allclose(result.params.W[l], final.W[l], rtol=0, atol=1e-10)
         np.testing.assert_allclose(result.params.b[l], final.b[l], rtol=0, atol=1e-10)
+
+
+def _as_float32(params):
+    return type(params)(*([m.astype(np.float32) for m in arrays] for arrays in (params.W, params.b, params.B)))
+
+
+@pytest.mark.parametrize("parallel", ["batch", "sample"])
+def test_float32_training_equals_float32_numpy(build_dir, parallel):
+    """precision = float32: the network computes in float32 (sgemm with batch copies).
+
+    It agrees with numpy AR in float32 to float32 round-off and differs from
+    the float64 reference by more than float64 round-off (it really ran in
+    float32), but by no more than float32 accuracy allows.
+    """
+    config = _config(precision="float32", duration=30.0, **{"train.parallel": parallel})
+    params = init_params(config)
+    x, targets = _data(config)
+    trainer = BrianTrainer(config, N_SAMPLES, max_relax=20 if parallel == "batch" else MAX_RELAX)
+    assert trainer.topology.precision == "float32"
+    result = trainer.run_chunk(params, x, targets).params
+    single = ar_batch.ar_epoch(config, _as_float32(params), x.astype(np.float32), targets.astype(np.float32))
+    double = ar_batch.ar_epoch(config, params, x, targets)
+    assert single.W[0].dtype == np.float32  # the reference itself stayed in float32
+    to_double, to_single = 0.0, 0.0
+    for l in range(len(SIZES) - 1):
+        to_single = max(to_single, np.abs(result.W[l] - single.W[l]).max(), np.abs(result.b[l] - single.b[l]).max())
+        to_double = max(to_double, np.abs(result.W[l] - double.W[l]).max())
+    assert to_single < 1e-5
+    assert 1e-12 < to_double < 1e-5
+    assert min(np.abs(result.W[l] - params.W[l]).max() for l in range(len(SIZES) - 1)) > 1e-4
+
+
+def test_float32_relaxation_equals_numpy_euler(relax):
+    """The batch-1 mat-vec loops in float32 against the float64 integration."""
+    res = relax(projection="dense", precision="float32", duration=30.0, dt=1.5, tau=10.0, bias=True)
+    cfg = res.config
+    fwd = oracle.forward(
+        res.problem.W, res.problem.b, res.problem.x_in, get_activation(cfg["activation"]), get_activation(cfg["output_activation"]), cfg["loss"]
+    )
+    e = oracle.output_error(fwd.xbar[-1], res.problem.target, cfg["loss"])
+    _, trace = relax_euler(res.problem.B, fwd.xbar, fwd.fp, e, 0.15, 20, cfg["derivative"], cfg["ordering"])
+    deviation = max(np.abs(res.xtrace[layer] - trace[layer]).max() for layer in range(1, len(trace)))
+    assert 1e-12 < deviation < 1e-5
