@@ -27,13 +27,22 @@ updater had, so the schedule of `arsim.network` is unchanged; the forward
 drive's ``run_regularly`` has the sample period as its ``dt`` (public API,
 where the summed updater needed its private ``_clock`` replaced).
 
+Batch copies (training with ``train.parallel = "batch"``)
+------------------------------------------------------
+With ``copies > 1`` every layer holds a whole minibatch, copy ``s`` of a
+layer of ``n`` units being units ``s*n .. s*n+n-1``; the synapses still
+connect only the first copies (one weight array). The three sums become
+CBLAS ``dgemm`` (``sgemm`` in float32) over all copies, linked from the
+``scipy-openblas32`` wheel (`blas_compiler_kwds`), and `add_dense_plasticity`
+adds the batch's summed update and the SGD step as two more functions.
+
 Fragility (read before upgrading Brian2)
 ----------------------------------------
 The C++ reaches Brian2's arrays through their global C++ symbols, the names
 ``device.get_array_name(var)`` returns: ``brian::_array_<group>_<var>``
-(``double *``, ``float *`` with ``precision = "float32"``) for neuron variables and ``brian::_dynamic_array_<syn>_<var>``
-(``std::vector<double>``, read with ``.data()`` on every call) for synaptic
-ones. These symbols, their types, the ``brian`` namespace and the fact that
+(``double *``; ``float *`` with ``precision = "float32"``) for neuron
+variables and ``brian::_dynamic_array_<syn>_<var>`` (``std::vector<double>``,
+read with ``.data()`` on every call) for synaptic ones. These symbols, their types, the ``brian`` namespace and the fact that
 the support code of a user function is compiled next to ``objects.h`` are
 device internals, not documented API. Every use of them is in this module;
 ``tests/test_cpp_projection.py`` compares the dense backend with
