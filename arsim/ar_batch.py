@@ -1,11 +1,11 @@
-"""Batched dense numpy implementation of AR training (float64).
+"""Batched dense numpy implementation of AR training (float64; float32 inputs stay float32).
 
 The same algorithm as the Brian2 training network (forward sweep, ``N``
 Euler steps of the relaxation of SPEC section 2, the local update summed
 over a minibatch), written the way a user of an array library would write
 it: every sample of a batch relaxes in parallel as one row of a matrix.
-It shares no code with the Brian2 path beyond the oracle's forward pass,
-so it is (a) the cross-check of the Brian2 training in tests and in
+It shares no code with the Brian2 path (only the oracle's forward pass and
+`arsim.reference.initial_state` with the other numpy references), so it is (a) the cross-check of the Brian2 training in tests and in
 ``arsim bench``, and (b) the replay that locates the first batch and layer
 where a diverging Brian2 epoch produced NaN/Inf.
 """
@@ -19,6 +19,7 @@ import numpy as np
 from . import oracle
 from .activations import get_activation
 from .config import n_relax_steps
+from .reference import initial_state
 
 __all__ = ["relax_batch", "ar_batch_update", "ar_epoch"]
 
@@ -49,11 +50,7 @@ def relax_batch(B, xbar, fp, e, eta: float, n_steps: int, derivative: bool = Tru
         Final state ``x^l`` of layers ``0..L`` (``x^0`` is the input).
     """
     n_layers = len(xbar) - 1
-    dtype = np.float32 if np.asarray(xbar[-1]).dtype == np.float32 else np.float64  # float32 stays float32
-    x = [np.array(v, dtype=dtype) for v in xbar]
-    for l in range(1, n_layers):
-        x[l] = x_start * x[l]
-    x[n_layers] = np.array(e, dtype=dtype)
+    x = initial_state(xbar, e, x_start)
 
     def drive(layer):
         if not derivative:

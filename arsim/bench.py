@@ -56,7 +56,7 @@ from .devices import StandaloneRunner
 from .network import Topology, topology_from_config
 from .reference import relax_euler
 from .relax import draw_problem, network_params
-from .training import BrianTrainer, Params, epoch_order, init_params, train_topology
+from .training import BrianTrainer, epoch_order, init_params, train_topology
 
 __all__ = ["run_bench", "format_table"]
 
@@ -185,7 +185,7 @@ def bench_training(config: dict, repeat: int, n_samples: int, build_root) -> dic
     x, targets = x[order], targets[order]
     params = init_params(config)
     dtype = _numpy_dtype(config)
-    numpy_params = Params(*([m.astype(dtype) for m in arrays] for arrays in (params.W, params.b, params.B)))
+    numpy_params = params.astype(dtype)
     numpy_x, numpy_targets = x.astype(dtype), targets.astype(dtype)
     brian_times, numpy_times = [], []
     for _ in range(repeat):
@@ -252,25 +252,20 @@ def run_bench(sizes: list, steps: int = 100, repeat: int = 5, train_samples: int
     if threads is not None:
         # the standalone runner passes the environment to the binary (default 1 thread)
         os.environ["OPENBLAS_NUM_THREADS"] = str(threads)
-    with threadpool_limits(limits=threads, user_api="blas"):
-        numpy_threads = sorted({info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"})
-        return _run_bench(sizes, steps, repeat, train_samples, batch, overrides, parts, relax_samples, build_root, projections,
-                          versions={"brian2": brian2.__version__, "scipy": scipy.__version__,
-                                    "scipy_openblas32 (Brian2 dgemm)": scipy_openblas32.__version__},
-                          threads={"numpy": numpy_threads, "brian2": os.environ.get("OPENBLAS_NUM_THREADS", "1")})
-
-
-def _run_bench(sizes, steps, repeat, train_samples, batch, overrides, parts, relax_samples, build_root, projections,
-               versions: dict, threads: dict) -> dict:
     result = {
         "sizes": list(sizes),
         "repeat": repeat,
-        "precision": (overrides or {}).get("precision", "float64"),
+        "precision": bench_config(sizes, steps, batch, overrides)["precision"],
         "machine": {"cores": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor()},
-        "versions": {"arsim": __version__, "numpy": np.__version__, "python": platform.python_version(), **versions},
-        "blas_threads": threads,
+        "versions": {"arsim": __version__, "numpy": np.__version__, "python": platform.python_version(),
+                     "brian2": brian2.__version__, "scipy": scipy.__version__,
+                     "scipy_openblas32 (Brian2 dgemm)": scipy_openblas32.__version__},
     }
-    with tempfile.TemporaryDirectory(prefix="arsim-bench-") as fresh:
+    with threadpool_limits(limits=threads, user_api="blas"), tempfile.TemporaryDirectory(prefix="arsim-bench-") as fresh:
+        result["blas_threads"] = {
+            "numpy": sorted({info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"}),
+            "brian2": os.environ.get("OPENBLAS_NUM_THREADS", "1"),
+        }
         build_root = fresh if build_root is None else build_root
         for projection in projections:
             config = bench_config(sizes, steps, batch, {**(overrides or {}), "projection": projection})

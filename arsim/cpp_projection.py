@@ -289,10 +289,14 @@ def _numpy_carried(rule, post, act_fp, kind, slope, derivative: bool | None = No
     return carried
 
 
-def _add_cpp(function, code: str, func: str, rule, act_fp, copies: int) -> None:
-    """Attach the C++ implementation (standalone only), with CBLAS when the batch has copies."""
-    dependencies = {"act_fp": act_fp} if rule.derivative_variable == "fpnow" else None
-    kwds = {"compiler_kwds": blas_compiler_kwds()} if copies > 1 else {}
+def _add_cpp(function, code: str, func: str, blas: bool = False, act_fp=None) -> None:
+    """Attach the C++ implementation ``func`` (standalone only).
+
+    ``blas`` links CBLAS; ``act_fp`` (the activation derivative `Function`)
+    is a dependency of code that calls ``arsim_activation_derivative``.
+    """
+    dependencies = {"act_fp": act_fp} if act_fp is not None and "arsim_activation_derivative" in code else None
+    kwds = {"compiler_kwds": blas_compiler_kwds()} if blas else {}
     function.implementations.add_implementation("cpp", code, name=func, dependencies=dependencies, **kwds)
 
 
@@ -340,7 +344,7 @@ def _feedback_function(syn, pre, post, rule, act_fp, copies: int):
                 **_types(), func=func, matrix=matrix, matrix_ptr=names[matrix], x_post=names["x_post"], fb_pre=names["fb_pre"],
                 derivative_decl=decl, carried=carried.replace("@", "j"), n_pre=n_pre, n_post=n_post, **rows,
             )
-        _add_cpp(function, code, func, rule, act_fp, copies)
+        _add_cpp(function, code, func, blas=copies > 1, act_fp=act_fp)
     return function
 
 
@@ -365,9 +369,7 @@ def _drive_function(syn, pre, post, source: str, target: str, copies: int):
             **_types(), func=func, w=names["w"], source=source, target=target, source_pre=names[f"{source}_pre"],
             target_post=names[f"{target}_post"], n_pre=n_pre, n_post=n_post, copies=copies,
         )
-        function.implementations.add_implementation(
-            "cpp", code, name=func, **({"compiler_kwds": blas_compiler_kwds()} if copies > 1 else {})
-        )
+        _add_cpp(function, code, func, blas=copies > 1)
     return function
 
 
@@ -471,14 +473,14 @@ def add_dense_plasticity(syn, pre, post, rule, act_fp, copies: int, sample_dt, a
             derivative_decl=decl, delta=delta, pre_activity=pre_activity, pre_ptr=names[f"{pre_activity}_pre"],
             n_pre=n_pre, n_post=n_post, copies=copies,
         )
-        _add_cpp(accumulate_function, code, accumulate, rule, act_fp, copies)
+        _add_cpp(accumulate_function, code, accumulate, blas=True, act_fp=act_fp)
         code = _APPLY_CPP.format(
             **_types(), func=apply, dw_acc=names["dw_acc"], w=names["w"], db_acc_post=names["db_acc_post"], b_post=names["b_post"],
             backward_decl=f"{_real()}* __restrict wb = {names['wb']};" if learns_backward else "",
             backward_step="wb[k] -= lr * dw[k];" if learns_backward else "",
             n_pre=n_pre, n_post=n_post, copies=copies,
         )
-        apply_function.implementations.add_implementation("cpp", code, name=apply)
+        _add_cpp(apply_function, code, apply)
     syn.namespace[accumulate] = accumulate_function
     syn.namespace[apply] = apply_function
     syn.run_regularly(

@@ -149,8 +149,8 @@ def _result_variables(built):
 def parameter_sizes(topo: Topology) -> dict:
     """Number of elements of every run-time parameter of ``topo``."""
     sizes = {
-        "input_values": topo.n_samples * topo.copies * topo.sizes[0],
-        "target_values": topo.n_samples * topo.copies * topo.sizes[-1],
+        "input_values": topo.samples_per_run * topo.sizes[0],
+        "target_values": topo.samples_per_run * topo.sizes[-1],
     }
     for index, size in enumerate(topo.sizes):
         for var in RUNTIME_NEURON_PARAMETERS:
@@ -192,9 +192,11 @@ class Runner:
 
 
 def _reshape_results(topo: Topology, raw: dict) -> dict:
-    """Give monitor arrays their (time, unit) shape."""
+    """Give monitor arrays their (time, unit) shape, and float32 results float64 (exact) like every arsim result."""
     results = {}
     for key, value in raw.items():
+        if value.dtype == np.float32:
+            value = value.astype(np.float64)
         name, var = key.split(".", 1)
         if name.startswith("monitor") and var not in ("t", "N"):
             layer = int(name[len("monitor"):])
@@ -251,7 +253,6 @@ class StandaloneRunner(Runner):
         if self.directory.exists():
             shutil.rmtree(self.directory)  # a half-finished earlier build
         prefs.reset_to_defaults()
-        prefs.core.default_float_dtype = np.dtype(self.topology.precision).type
         # Brian2's default "make -j" starts a compiler for every source file at
         # once (dozens of processes on a 2-core machine, and several builds
         # may run side by side): cap the jobs at the core count
@@ -312,9 +313,6 @@ class StandaloneRunner(Runner):
                 if not path.exists():  # a result the binary did not write is an error, never an empty array
                     raise RuntimeError(f"standalone run in {self.directory} wrote no {spec['file']} (result {key})")
                 raw[key] = np.fromfile(path, dtype=spec["dtype"])
-                if raw[key].dtype == np.float32:
-                    # float32 networks report float64 arrays (exact) like every other arsim result
-                    raw[key] = raw[key].astype(np.float64)
             return _reshape_results(self.topology, raw)
         finally:
             if not keep_results:
@@ -335,7 +333,6 @@ class RuntimeRunner(Runner):
         checked = self.check_params(params)
         reset_device("runtime")
         prefs.reset_to_defaults()
-        prefs.core.default_float_dtype = np.dtype(self.topology.precision).type
         prefs.codegen.target = "numpy"
         built = build_network(self.topology)
         for key, value in checked.items():
@@ -355,8 +352,6 @@ class RuntimeRunner(Runner):
         raw = {}
         for key, var in _result_variables(built).items():
             raw[key] = np.asarray(var.get_value()).ravel().copy()
-            if raw[key].dtype == np.float32:
-                raw[key] = raw[key].astype(np.float64)
         return _reshape_results(self.topology, raw)
 
 

@@ -39,7 +39,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from brian2 import Clock, NeuronGroup, Network, StateMonitor, Synapses, TimedArray, second
+from brian2 import Clock, NeuronGroup, Network, StateMonitor, Synapses, TimedArray, prefs, second
 
 from .activations import ACTIVATION_CODES, brian_functions
 from .cpp_projection import TICK_EQUATION, add_dense_plasticity, add_dense_projection
@@ -90,6 +90,11 @@ class Topology:
     def n_steps(self) -> int:
         """Clock steps of one run; training adds one step that learns from the last sample."""
         return self.n_samples * self.steps_per_sample + (1 if self.train else 0)
+
+    @property
+    def samples_per_run(self) -> int:
+        """Samples one run trains on or relaxes: ``copies`` per sample period."""
+        return self.n_samples * self.copies
 
     @property
     def steps_per_sample(self) -> int:
@@ -152,6 +157,8 @@ def build_network(topo: Topology) -> BuiltNetwork:
         The layers ``layer0..layerL``, projections ``proj0..proj{L-1}``, the
         input/target `TimedArray` s (one row per sample) and the monitors.
     """
+    # every array and the generated C++ of this network take its precision
+    prefs.core.default_float_dtype = np.dtype(topo.precision).type
     n_layers = topo.n_layers
     steps = topo.steps_per_sample
     sample_dt = steps * DT_INTERNAL * second

@@ -15,7 +15,7 @@ import numpy as np
 
 from .activations import Activation
 
-__all__ = ["ForwardPass", "Gradients", "forward", "loss", "output_error", "backward", "softmax"]
+__all__ = ["ForwardPass", "Gradients", "working_dtype", "forward", "loss", "output_error", "backward", "softmax"]
 
 
 def softmax(a: np.ndarray) -> np.ndarray:
@@ -61,6 +61,11 @@ class Gradients:
     db: list
 
 
+def working_dtype(arrays) -> type:
+    """float32 if every array is float32 (``precision = "float32"`` references), else float64."""
+    return np.float32 if all(np.asarray(a).dtype == np.float32 for a in arrays) else np.float64
+
+
 def forward(W, b, x0, hidden: Activation, output: Activation, loss_name: str) -> ForwardPass:
     """Run the forward sweep.
 
@@ -76,8 +81,7 @@ def forward(W, b, x0, hidden: Activation, output: Activation, loss_name: str) ->
         ignored.
     loss_name : {"mse", "ce"}
     """
-    # float32 weights (precision = "float32" references) keep the pass in float32
-    x0 = np.asarray(x0, dtype=np.float32 if all(np.asarray(w).dtype == np.float32 for w in W) else np.float64)
+    x0 = np.asarray(x0, dtype=working_dtype(W))
     xbar, fp, pre = [x0], [np.ones_like(x0)], [x0]
     n_layers = len(W)
     for layer in range(n_layers):

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["relax_euler", "fixed_point"]
+from .oracle import working_dtype
+
+__all__ = ["relax_euler", "initial_state", "fixed_point"]
 
 
 def relax_euler(B, xbar, fp, e, eta: float, n_steps: int, derivative: bool = True,
@@ -49,11 +51,7 @@ def relax_euler(B, xbar, fp, e, eta: float, n_steps: int, derivative: bool = Tru
         (``trace[0]`` is None).
     """
     n_layers = len(xbar) - 1
-    dtype = np.float32 if np.asarray(xbar[-1]).dtype == np.float32 else np.float64  # float32 stays float32
-    x = [np.array(v, dtype=dtype) for v in xbar]
-    for l in range(1, n_layers):
-        x[l] = x_start * x[l]
-    x[n_layers] = np.array(e, dtype=dtype)
+    x = initial_state(xbar, e, x_start)
     trace = [None] + [[x[l].copy()] for l in range(1, n_layers + 1)]
 
     def drive(layer, state):
@@ -72,6 +70,19 @@ def relax_euler(B, xbar, fp, e, eta: float, n_steps: int, derivative: bool = Tru
             for l in range(1, n_layers + 1):
                 trace[l].append(x[l].copy())
     return x, [None] + [np.array(t) for t in trace[1:]]
+
+
+def initial_state(xbar, e, x_start: float = 1.0) -> list:
+    """State at the start of a relaxation: input ``xbar^0``, hidden ``x_start * xbar^l``, output ``e``.
+
+    Copies in the working precision of ``xbar`` (`arsim.oracle.working_dtype`).
+    """
+    dtype = working_dtype([xbar[-1]])
+    x = [np.array(v, dtype=dtype) for v in xbar]
+    for l in range(1, len(xbar) - 1):
+        x[l] = x_start * x[l]
+    x[-1] = np.array(e, dtype=dtype)
+    return x
 
 
 def fixed_point(B, fp, e, derivative: bool = True):

@@ -42,6 +42,10 @@ class Params:
     def copy(self) -> "Params":
         return Params([w.copy() for w in self.W], [v.copy() for v in self.b], [m.copy() for m in self.B])
 
+    def astype(self, dtype) -> "Params":
+        """A copy with every array in ``dtype`` (float32 references of ``precision = "float32"``)."""
+        return Params([w.astype(dtype) for w in self.W], [v.astype(dtype) for v in self.b], [m.astype(dtype) for m in self.B])
+
     def arrays(self) -> dict:
         """Flat dict ``W{l}``, ``b{l}``, ``B{l}`` for npz files."""
         out = {}
@@ -146,7 +150,6 @@ class BrianTrainer:
     def __init__(self, config: dict, chunk_samples: int, device: str = "cpp", max_relax: int | None = None,
                  runner: Runner | None = None):
         self.config = config
-        self.chunk_samples = chunk_samples
         batch = config["train.batch_size"]
         if chunk_samples < batch or chunk_samples % batch:
             raise ValueError(f"a run holds whole batches: {chunk_samples} samples with batch size {batch}")
@@ -180,8 +183,8 @@ class BrianTrainer:
         import time
 
         topo = self.topology
-        if len(x) != self.chunk_samples:
-            raise ValueError(f"this build trains on {self.chunk_samples} samples per run, got {len(x)}")
+        if len(x) != topo.samples_per_run:
+            raise ValueError(f"this build trains on {topo.samples_per_run} samples per run, got {len(x)}")
         started = time.perf_counter()
         raw = self.runner.run(self.params_for_run(params, x, targets))
         seconds = time.perf_counter() - started
@@ -207,7 +210,7 @@ class BrianTrainer:
         for record, t in enumerate(raw["align0.t"]):
             # samples done in this run
             boundary = int(round(t / (DT_INTERNAL * topo.steps_per_sample))) * topo.copies
-            if boundary == 0 or boundary > self.chunk_samples or (first_batch + boundary // batch) % every:
+            if boundary == 0 or boundary > topo.samples_per_run or (first_batch + boundary // batch) % every:
                 continue
             first = boundary - batch
             # the recorded weights are those the batch was computed with (not yet updated)
