@@ -19,7 +19,7 @@ relaxation, batch 1
     counting one multiply-add per weight of every mat-vec done (the forward
     sweep once, the feedback of projections ``1..L-1`` every step).
 training
-    `arsim.training.BrianTrainer` against `arsim.ar_batch.ar_epoch`
+    `arsim.training.BrianTrainer` against the rule's batched numpy reference (`arsim.rules.Rule.reference_epoch`)
     (batched numpy, batch 64: what a user of an array library writes), in
     samples per second, 100 relaxation steps per sample by default, on runs
     of ``--samples`` samples (default 1,024, the longest run `arsim train`
@@ -49,13 +49,14 @@ import time
 
 import numpy as np
 
-from . import __version__, ar_batch, oracle
+from . import __version__, oracle
 from .activations import get_activation
 from .config import resolve
 from .devices import StandaloneRunner
 from .network import Topology, topology_from_config
 from .reference import relax_euler
 from .relax import draw_problem, network_params
+from .rules import rule_from_config
 from .training import BrianTrainer, epoch_order, init_params, train_topology
 
 __all__ = ["run_bench", "format_table"]
@@ -187,17 +188,21 @@ def bench_training(config: dict, repeat: int, n_samples: int, build_root) -> dic
     dtype = _numpy_dtype(config)
     numpy_params = params.astype(dtype)
     numpy_x, numpy_targets = x.astype(dtype), targets.astype(dtype)
+    rule = rule_from_config(config)
+    noise = trainer.mirror_noise(1, 0)
     brian_times, numpy_times = [], []
     for _ in range(repeat):
         t0 = time.perf_counter()
-        trained = trainer.run_chunk(params, x, targets).params
+        trained = trainer.run_chunk(params, x, targets, noise=noise).params
         brian_times.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        reference = ar_batch.ar_epoch(config, numpy_params, numpy_x, numpy_targets)
+        reference = rule.reference_epoch(config, numpy_params, numpy_x, numpy_targets, noise=noise)
         numpy_times.append(time.perf_counter() - t0)
     deviation = max(
         max(float(np.max(np.abs(a - b))) for a, b in zip(trained.W, reference.W)),
         max(float(np.max(np.abs(a - b))) for a, b in zip(trained.b, reference.b)),
+        # the backward matrices too: a rule's backward step left undone would show only here
+        max(float(np.max(np.abs(a - b))) for a, b in zip(trained.B, reference.B)),
     )
     # float32: round-off can flip the ReLU derivative of a unit whose drive is
     # near zero, after which runs with different summation orders part by
@@ -206,7 +211,9 @@ def bench_training(config: dict, repeat: int, n_samples: int, build_root) -> dic
     change = max(float(np.max(np.abs(a - b))) for a, b in zip(reference.W, numpy_params.W))
     tolerance = _check_equal(deviation, 1e-2 * change, config, "training")
     ratios = [n / b for b, n in zip(brian_times, numpy_times)]
+    peer = _bench_torch(config, params, x, targets, trained, repeat, brian_times)
     return {
+        **peer,
         "samples": n_samples,
         "batch_size": batch,
         "parallel_copies": trainer.topology.copies,
@@ -219,6 +226,33 @@ def bench_training(config: dict, repeat: int, n_samples: int, build_root) -> dic
         "max_abs_deviation": deviation,
         "tolerance": tolerance,
         "compile_seconds": compile_seconds,
+    }
+
+
+def _bench_torch(config: dict, params, x, targets, trained, repeat: int, brian_times: list) -> dict:
+    """The same batched AR training in PyTorch (float64), when torch is importable and the config is exact AR."""
+    from . import torch_peer
+
+    if not torch_peer.available() or config["precision"] != "float64":
+        return {}
+    try:
+        torch_peer.ar_epoch_torch(config, params.W, params.b, x[:config["train.batch_size"]], targets[:config["train.batch_size"]])
+    except ValueError:
+        return {}  # another rule or switch: the peer writes exact AR only
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        W, b = torch_peer.ar_epoch_torch(config, params.W, params.b, x, targets)
+        times.append(time.perf_counter() - t0)
+    deviation = max(max(float(np.max(np.abs(u - v))) for u, v in zip(W, trained.W)),
+                    max(float(np.max(np.abs(u - v))) for u, v in zip(b, trained.b)))
+    _check_equal(deviation, 0.0, config, "training (torch)")
+    return {
+        "torch": torch_peer.blas_description(),
+        "torch_samples_per_second": len(x) / statistics.median(times),
+        "torch_seconds": _stats(times),
+        "ratio_brian2_over_torch": _stats([t / b for b, t in zip(brian_times, times)]),
+        "torch_max_abs_deviation": deviation,
     }
 
 
@@ -237,12 +271,15 @@ TRAINING_MODES = {"dense": (("training", "batch"), ("training_by_sample", "sampl
 
 def run_bench(sizes: list, steps: int = 100, repeat: int = 5, train_samples: int = 1024, batch: int = 64,
               overrides: dict | None = None, parts=("relax", "train"), relax_samples: int = 1000, build_root=None,
-              projections=("dense", "synapses"), threads: int | None = None) -> dict:
+              projections=("dense", "synapses"), threads: int | None = None, rules=()) -> dict:
     """Run the benchmark and return every measurement with the machine description.
 
     ``build_root`` is where the builds go (default: a fresh temporary
     directory, so the compile is part of this run). Compile times are those
-    measured when each build was made (stored in its manifest).
+    measured when each build was made (stored in its manifest). ``rules``
+    (names of `arsim.rules.RULES`) adds, per rule, its dense batch-parallel
+    Brian2 training against the rule's batched numpy reference
+    (`arsim.rules.Rule.reference_epoch`), with the rule's defaults.
     """
     import brian2
     import scipy
@@ -262,6 +299,11 @@ def run_bench(sizes: list, steps: int = 100, repeat: int = 5, train_samples: int
                      "scipy_openblas32 (Brian2 dgemm)": scipy_openblas32.__version__},
     }
     with threadpool_limits(limits=threads, user_api="blas"), tempfile.TemporaryDirectory(prefix="arsim-bench-") as fresh:
+        result["blas"] = {
+            "numpy": sorted({f"{info.get('internal_api')} {info.get('version')}" for info in threadpool_info()
+                             if info["user_api"] == "blas"}),
+            "brian2": f"scipy-openblas32 {scipy_openblas32.__version__} (CBLAS of the dense projections)",
+        }
         result["blas_threads"] = {
             "numpy": sorted({info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"}),
             "brian2": os.environ.get("OPENBLAS_NUM_THREADS", "1"),
@@ -275,6 +317,10 @@ def run_bench(sizes: list, steps: int = 100, repeat: int = 5, train_samples: int
             if "train" in parts:
                 for key, parallel in TRAINING_MODES[projection]:
                     part[key] = bench_training({**config, "train.parallel": parallel}, repeat, train_samples, build_root)
+        for rule in rules:
+            config = bench_config(sizes, steps, batch, {**(overrides or {}), "projection": "dense", "rule": rule})
+            result.setdefault("rules", {})[rule] = bench_training({**config, "train.parallel": "batch"}, repeat, train_samples,
+                                                                  build_root)
     return result
 
 
@@ -284,6 +330,7 @@ def format_table(result: dict) -> str:
         f"arsim bench: {'-'.join(map(str, result['sizes']))}, {result['precision']}, median of {result['repeat']} (min-max);"
         f" {result['machine']['cores']} cores; brian2 {result['versions']['brian2']}, numpy {result['versions']['numpy']};"
         f" BLAS threads: numpy {','.join(map(str, result['blas_threads']['numpy']))}, Brian2 {result['blas_threads']['brian2']}",
+        f"BLAS: numpy {', '.join(result['blas']['numpy'])}; Brian2 {result['blas']['brian2']}",
     ]
     for projection, part in result["projections"].items():
         relax = part.get("relaxation")
@@ -314,6 +361,21 @@ def format_table(result: dict) -> str:
                 f"  numpy batched ({train['batch_size']})        {train['numpy_samples_per_second']:10.1f} samples/s",
                 f"  ratio Brian2/numpy         {r['median']:10.3f}  ({r['min']:.3f}-{r['max']:.3f}); max |dW| {train['max_abs_deviation']:.1e}"
                 f" (tolerance {train['tolerance']:.0e})",
-                f"  compile {train['compile_seconds']:.1f} s",
             ]
+            if "torch" in train:
+                t = train["ratio_brian2_over_torch"]
+                lines += [
+                    f"  torch batched ({train['torch']}) {train['torch_samples_per_second']:10.1f} samples/s",
+                    f"  ratio Brian2/torch         {t['median']:10.3f}  ({t['min']:.3f}-{t['max']:.3f});"
+                    f" max |dW| {train['torch_max_abs_deviation']:.1e}",
+                ]
+            lines.append(f"  compile {train['compile_seconds']:.1f} s")
+    for rule, train in result.get("rules", {}).items():
+        r = train["ratio_brian2_over_numpy"]
+        lines += [
+            f"[rule = {rule}] training, dense, batch of {train['parallel_copies']} at once, {train['samples']} samples per run:",
+            f"  Brian2 {train['brian2_samples_per_second']:10.1f} samples/s, numpy reference {train['numpy_samples_per_second']:10.1f};"
+            f" ratio {r['median']:.3f} ({r['min']:.3f}-{r['max']:.3f}); max |dW| {train['max_abs_deviation']:.1e}"
+            f" (tolerance {train['tolerance']:.0e}); compile {train['compile_seconds']:.1f} s",
+        ]
     return "\n".join(lines)

@@ -30,7 +30,7 @@ def _print_table(rows: list, config: dict, result, out=sys.stdout) -> None:
     n_steps = len(result.t) and int(round(result.t[-1] / eta))
     print(
         f"{config['name']}: sizes {config['sizes']}, {config['activation']}/{config['output_activation']},"
-        f" loss {config['loss']}, feedback {config['feedback']}, derivative {config['derivative']},"
+        f" loss {config['loss']}, rule {config['rule']}, feedback {config['feedback']}, derivative {config['derivative']},"
         f" {config['ordering']}; dt/tau = {eta:g}, {n_steps} steps = {n_steps * eta:g} tau",
         file=out,
     )
@@ -61,9 +61,10 @@ def _print_table(rows: list, config: dict, result, out=sys.stdout) -> None:
 def _cmd_relax(args) -> int:
     from . import config as config_mod
     from .io import provenance, save_npz, write_json
+    from .models import resolve_model
     from .relax import run_relaxation
 
-    config = config_mod.load(args.model, args.set)
+    config = config_mod.load(resolve_model(args.model), args.set)
     if args.save is not None and not Path(args.save).suffix == ".npz":
         raise ConfigError(f"--save {args.save}: expected a file name ending in .npz")
     if args.save is not None and not Path(args.save).resolve().parent.is_dir():
@@ -86,16 +87,17 @@ def _cmd_relax(args) -> int:
 def _cmd_train(args) -> int:
     from . import config as config_mod
     from .experiment import train
+    from .models import resolve_model
 
     overrides = list(args.set)
     if args.epochs is not None:
         overrides.append(f"train.epochs={args.epochs}")
-    config = config_mod.load(args.model, overrides)
-    out = Path(args.out) if args.out else Path("runs") / f"{config['name']}-{config['train.rule']}-seed{config['seed']}"
+    config = config_mod.load(resolve_model(args.model), overrides)
+    out = Path(args.out) if args.out else Path("runs") / f"{config['name']}-{config['rule']}-seed{config['seed']}"
     summary = train(config, out, resume=args.resume, device=args.device, progress=not args.quiet)
     last = summary.rows[-1]
     print(
-        f"{config['name']} ({config['train.rule']}, feedback {config['feedback']}, derivative {config['derivative']}):"
+        f"{config['name']} (rule {config['rule']}, feedback {config['feedback']}, derivative {config['derivative']}):"
         f" epoch {last['epoch']}: train loss {last['train_loss']:.4g}, train acc {last['train_accuracy']:.4f},"
         f" test acc {last['test_accuracy']:.4f}"
     )
@@ -103,6 +105,33 @@ def _cmd_train(args) -> int:
         f"throughput {summary.samples_per_second:.1f} samples/s (compile {summary.compile_seconds:.1f} s separate);"
         f" results in {out}/"
     )
+    return 0
+
+
+def _cmd_models(args) -> int:
+    from .models import list_models
+
+    models = list_models()
+    width = max((len(name) for name, _, _ in models), default=0)
+    for name, description, _ in models:
+        print(f"{name:<{width}}  {description}".rstrip())
+    return 0
+
+
+def _cmd_rules(args) -> int:
+    from .rules import RULES, cards
+
+    if args.markdown:
+        sys.stdout.write(cards())
+        return 0
+    if args.name:
+        if args.name not in RULES:
+            raise ConfigError(f"arsim rules {args.name}: unknown rule; expected one of {', '.join(RULES)}")
+        sys.stdout.write(RULES[args.name].card())
+        return 0
+    for name, cls in RULES.items():
+        table = ", ".join(f"{name}.{p}" for p in cls.params) or "-"
+        print(f"{name:6} {cls.title:28} parameters: {table}")
     return 0
 
 
@@ -125,13 +154,19 @@ def _cmd_bench(args) -> int:
         if value < low:
             raise ConfigError(f"{name} {value}: expected an integer >= {low}")
     overrides = dict(config_mod_parse(text) for text in args.set)
+    from .rules import RULES
+
+    for name in args.rule or ():
+        if name not in RULES or not RULES[name].simulated:
+            simulated = ", ".join(n for n, cls in RULES.items() if cls.simulated)
+            raise ConfigError(f"--rule {name}: expected a simulated rule, one of {simulated}")
     from .devices import build_cache_dir
 
     print("arsim: compiling the builds (relaxation, one-sample run, one per training mode), then timing...", file=sys.stderr)
     result = run_bench(sizes, steps=args.steps, repeat=args.repeat, train_samples=args.samples, overrides=overrides,
                        parts=tuple(args.only) if args.only else ("relax", "train"), relax_samples=args.relax_samples,
                        build_root=build_cache_dir() if args.cached else None, projections=tuple(args.projection or ("dense", "synapses")),
-                       threads=args.threads)
+                       threads=args.threads, rules=tuple(args.rule or ()))
     if args.json:
         json.dump(result, sys.stdout, indent=1, default=_json_safe)
         print()
@@ -158,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="arsim", description="Activation Relaxation as Brian2 neuron dynamics.")
     sub = parser.add_subparsers(dest="command", required=True)
     relax = sub.add_parser("relax", help="relax one network and compare with backprop")
-    relax.add_argument("model", help="model file (TOML), e.g. models/quick.toml")
+    relax.add_argument("model", help="model file (TOML) or bundled model name (arsim models), e.g. quick")
     relax.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a model key")
     relax.add_argument("--save", metavar="FILE.npz", help="write the arrays to FILE.npz (and provenance to FILE.npz.json)")
     relax.add_argument("--json", action="store_true", help="print the per-layer table as JSON")
@@ -166,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     relax.set_defaults(func=_cmd_relax)
 
     train = sub.add_parser("train", help="train on a data set with AR (Brian2) or the BP baseline")
-    train.add_argument("model", help="model file (TOML), e.g. models/digits_ar.toml")
+    train.add_argument("model", help="model file (TOML) or bundled model name (arsim models), e.g. digits_ar")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a model key")
     train.add_argument("--epochs", type=int, metavar="N", help="train for N epochs (overrides train.epochs)")
     train.add_argument("--out", metavar="DIR", help="output directory (default runs/NAME-RULE-seedSEED)")
@@ -174,6 +209,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", choices=("cpp", "runtime"), default="cpp", help="Brian2 device (default cpp_standalone)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=_cmd_train)
+
+    models = sub.add_parser("models", help="list the bundled models (usable by name as MODEL)")
+    models.set_defaults(func=_cmd_models)
+
+    rules = sub.add_parser("rules", help="list the credit-assignment rules, or print a rule's doc card")
+    rules.add_argument("name", nargs="?", help="print this rule's card (Parameter | Unit | Math | Default | Description)")
+    rules.add_argument("--markdown", action="store_true", help="every card as markdown (the text of docs/rules.md)")
+    rules.set_defaults(func=_cmd_rules)
 
     bench = sub.add_parser("bench", help="Brian2 vs dense numpy throughput ratios, measured side by side")
     bench.add_argument("--sizes", default="784,300,300,100,10", help="layer sizes (default: the paper's MNIST net)")
@@ -188,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--only", action="append", choices=("relax", "train"), help="run only this part")
     bench.add_argument("--projection", action="append", choices=("dense", "synapses"),
                        help="Brian2 projection backend(s) to time (default both)")
+    bench.add_argument("--rule", action="append", metavar="NAME",
+                       help="also time this rule's training against its numpy reference (repeatable; e.g. --rule kp --rule wm)")
     bench.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key of the bench network")
     bench.add_argument("--json", action="store_true", help="print the measurements as JSON")
     bench.add_argument("--cached", action="store_true", help="reuse cached builds (compile times are those recorded when built)")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .activations import ACTIVATIONS
-from .rules import FEEDBACK_RULES
+from .rules import FEEDBACK_CHOICES, RULES
 
 __all__ = ["ConfigError", "Key", "SCHEMA", "load", "resolve", "parse_override", "n_relax_steps"]
 
@@ -113,7 +113,8 @@ SCHEMA: dict[str, Key] = {
     "tau": Key(float, 10.0, _positive, "time constant of the relaxation", unit="ms"),
     "dt": Key(float, 1.0, _positive, "integration step (Euler)", unit="ms"),
     "duration": Key(float, 100.0, _positive, "length of the backward relaxation phase", unit="ms"),
-    "feedback": Key(str, "transpose", _one_of(*FEEDBACK_RULES), "backward weights in the relaxation", shape_key=True),
+    "rule": Key(str, "ar", _one_of(*RULES), "credit-assignment rule (docs/rules.md); its parameters go in a table named after it"),
+    "feedback": Key(str, "transpose", _one_of(*FEEDBACK_CHOICES), "AR's backward weights in the relaxation (rule = 'ar')", shape_key=True),
     "derivative": Key(bool, True, None, "multiply the feedback by f'(a) of the layer above", shape_key=True),
     "ordering": Key(str, "synchronous", _one_of("synchronous", "sequential"), "layer update order within a step", shape_key=True),
     "forward": Key(
@@ -153,8 +154,54 @@ SCHEMA: dict[str, Key] = {
         "batch: a minibatch relaxes at once as parallel copies of the layers (projection = 'dense' only);"
         " sample: one sample after another; auto: batch with dense, sample with synapses",
     ),
-    "train.rule": Key(str, "ar", _one_of("ar", "bp"), "ar: the Brian2 AR simulation with feedback/derivative; bp: the numpy backprop baseline"),
+    # -- the Song, Xu & Lafferty 2021 study (arsim/studies/song_xu_lafferty.py, sweep command "sxl") --------
+    # Read by that study only (its SXL_KEYS are these entries). Its two-layer net f(x) = p^-1/2 sum_r beta_r
+    # psi(w_r^T x) reuses sizes = [d, p, 1], activation = psi and seed. Loss 1/2 sum_i (y_i - f_i)^2; the
+    # authors' code minimises the mean (MSE), so their (eta, lambda) are (2 eta_mse / n, n lambda_mse / 2) here.
+    "sxl.n": Key(int, 50, _at_least_one, "SXL study: training samples n, x_i ~ N(0, I_d) with d = sizes[0]"),
+    "sxl.data": Key(
+        str, "linear", _one_of("linear", "teacher"),
+        "SXL study: linear: y = X theta, theta ~ N(0, I_d); teacher: y from a random N(0, 1) two-layer net of the same width and activation",
+    ),
+    "sxl.mode": Key(str, "fa", _one_of("fa", "bp"), "SXL study: fa: w_r learns with the fixed random b_r in place of beta_r; bp: the true gradient"),
+    "sxl.eta": Key(float, 4e-5, _positive, "SXL study: gradient-descent step on 1/2 sum_i (y_i - f_i)^2 (the authors' MSE step eta_mse: eta = 2 eta_mse / n)"),
+    "sxl.lambda": Key(
+        float, 0.0, lambda v: None if v >= 0 and math.isfinite(v) else "a finite number >= 0",
+        "SXL study: decay lambda beta added to beta's gradient, beta only (the authors' lambda_mse = 2 lambda / n)",
+    ),
+    "sxl.steps": Key(int, 5050, _at_least_one, "SXL study: gradient steps (the minimum when sxl.mse_tol > 0)"),
+    "sxl.mse_tol": Key(
+        float, 0.0, lambda v: None if v >= 0 and math.isfinite(v) else "a finite number >= 0",
+        "SXL study: after sxl.steps, go on until the MSE changed by less than this between checks (the authors: 1e-3); 0: stop at sxl.steps",
+    ),
+    "sxl.check_every": Key(int, 1000, _at_least_one, "SXL study: steps between the checks of sxl.mse_tol (the authors: 1000)"),
+    "sxl.max_steps": Key(int, 400000, _at_least_one, "SXL study: stop after this many steps even if sxl.mse_tol is not met"),
+    "sxl.record_every": Key(int, 10, _at_least_one, "SXL study: record the loss and cos(beta, b) every this many steps"),
+    "sxl.solver": Key(
+        str, "auto", _one_of("auto", "dense"),
+        "SXL study: auto: the exact O(n^2)-per-step reduction for linear FA, else dense; dense: the general p-wide update always",
+    ),
 }
+
+#: keys that only rule = "ar" may change from their defaults
+AR_SWITCHES = ("feedback", "forward")
+
+
+def _rule_keys() -> dict:
+    """``<rule>.<param>`` keys of every rule table, declared by the rules (`arsim.rules.Param`)."""
+    keys = {}
+    for name, cls in RULES.items():
+        for param, spec in cls.params.items():
+            keys[f"{name}.{param}"] = Key(spec.kind, spec.default, spec.check, f"[{name}] {spec.doc}", unit=spec.unit)
+    return keys
+
+
+#: the rule tables' keys; a resolved config holds those of its own rule only
+RULE_KEYS: dict[str, Key] = _rule_keys()
+SCHEMA.update(RULE_KEYS)
+
+#: keys that are gone, with what replaced them
+_REMOVED_KEYS = {"train.rule": "the top-level key 'rule' (e.g. rule = \"bp\")"}
 
 
 def _flatten(table: dict, prefix: str = "") -> dict:
@@ -203,9 +250,25 @@ def resolve(raw: dict, source: str = "config") -> dict:
     flat = _flatten(raw)
     config = {}
     for key in flat:
+        if key in _REMOVED_KEYS:
+            raise ConfigError(f"{source}: {key} = {flat[key]!r} is no longer accepted; use {_REMOVED_KEYS[key]}")
+        table = key.split(".", 1)[0]
+        if table in RULES and key not in RULE_KEYS:
+            accepted = ", ".join(k for k in RULE_KEYS if k.startswith(table + ".")) or "no keys"
+            raise ConfigError(f"{source}: unknown key {key!r} in table [{table}]; the [{table}] table accepts {accepted}")
         if key not in SCHEMA:
-            raise ConfigError(f"{source}: unknown key {key!r}; accepted keys: {', '.join(SCHEMA)}")
+            raise ConfigError(f"{source}: unknown key {key!r}; accepted keys: {', '.join(k for k in SCHEMA if k not in RULE_KEYS)}"
+                              " and the rule tables (docs/rules.md)")
+    rule = flat.get("rule", SCHEMA["rule"].default)
+    for key in flat:
+        if key in RULE_KEYS and key.split(".", 1)[0] != rule:
+            raise ConfigError(
+                f"{source}: {key} = {flat[key]!r} belongs to table [{key.split('.', 1)[0]}] but rule = {rule!r};"
+                f" expected rule = {key.split('.', 1)[0]!r} or no [{key.split('.', 1)[0]}] table"
+            )
     for key, spec in SCHEMA.items():
+        if key in RULE_KEYS and key.split(".", 1)[0] != rule:
+            continue
         if key in flat:
             value = flat[key]
         elif spec.default is REQUIRED:
@@ -226,6 +289,19 @@ def resolve(raw: dict, source: str = "config") -> dict:
 
 
 def _check_relations(config: dict, source: str) -> None:
+    rule = RULES[config["rule"]]
+    if config["rule"] != "ar":
+        for key in AR_SWITCHES:
+            if config[key] != SCHEMA[key].default:
+                raise ConfigError(
+                    f"{source}: {key} = {config[key]!r} is a switch of rule = 'ar'; rule = {config['rule']!r} expects"
+                    f" {key} = {SCHEMA[key].default!r} (its backward pathway is the rule's own)"
+                )
+    if config["projection"] not in rule.projections:
+        raise ConfigError(
+            f"{source}: projection = {config['projection']!r} with rule = {config['rule']!r};"
+            f" expected projection = {' or '.join(repr(p) for p in rule.projections)}"
+        )
     eta = config["dt"] / config["tau"]
     if config["allow_unstable"] and not eta <= 4.0:
         raise ConfigError(
@@ -290,7 +366,8 @@ def load(path: str | Path, overrides: list[str] | None = None) -> dict:
     flat = _flatten(raw)
     for text in overrides or []:
         key, value = parse_override(text)
-        if key not in SCHEMA:
-            raise ConfigError(f"--set {key}: unknown key; accepted keys: {', '.join(SCHEMA)}")
+        if key not in SCHEMA and key not in _REMOVED_KEYS:
+            raise ConfigError(f"--set {key}: unknown key; accepted keys: {', '.join(k for k in SCHEMA if k not in RULE_KEYS)}"
+                              " and the rule tables (docs/rules.md)")
         flat[key] = value
     return resolve(flat, source=str(path))

@@ -47,8 +47,9 @@ the support code of a user function is compiled next to ``objects.h`` are
 device internals, not documented API. Every use of them is in this module;
 ``tests/test_cpp_projection.py`` compares the dense backend with
 independent numpy integrations to 1e-10 and is the regression test that
-catches an upgrade breaking them (keep ``brian2<2.10`` in ``setup.cfg``
-until it has been run against a newer version).
+catches an upgrade breaking them, and ``tests/test_brian_internals.py``
+checks the names and types against the installed Brian2 (keep ``setup.cfg``'s
+brian2 upper bound at the newest release both have passed on).
 
 The numpy implementation of the same functions (runtime device) reads and
 writes the group's arrays through ``Variable.get_value()``, which returns
@@ -56,6 +57,8 @@ the live arrays on that target.
 """
 
 from __future__ import annotations
+
+from .rules.base import PLASTICITY_SCALARS
 
 
 __all__ = ["TICK_EQUATION", "add_dense_projection", "add_dense_plasticity", "blas_compiler_kwds"]
@@ -109,7 +112,7 @@ def blas_compiler_kwds() -> dict:
 def _names(device, syn, pre, post) -> dict:
     """C++ expressions of the arrays a dense projection touches (device-internal names)."""
     names = {}
-    for var in ("w", "wb", "dw_acc"):
+    for var in ("w", "wb", "dw_acc", "amp_acc", "null_acc"):
         if var in syn.variables:
             names[var] = f"brian::{device.get_array_name(syn.variables[var], access_data=False)}.data()"
     for prefix, group in (("pre", pre), ("post", post)):
@@ -204,16 +207,21 @@ static double {func}(const double tick)
 _ACCUMULATE_GEMM_CPP = """
 static double {func}(const double tick, const int gate, const int kind, const double slope, const double learn_bias)
 {{
-    // the batch's summed local update: dw_acc (n_post x n_pre) = D^T P with
-    // D = x_post * f' (copies x n_post) and P = {pre_activity}_pre (copies x n_pre);
-    // db_acc of the first copy holds the bias update, sum_s D[s, :]
+    // adds this period's local updates (every copy) to the batch's sums:
+    // dw_acc (n_post x n_pre) += D^T P with D = x_post * f' (copies x n_post) and
+    // P = {pre_activity}_pre (copies x n_pre); db_acc of the first copy += sum_s D[s, :];
+    // the apply step zeroes them after a batch
     {real}* __restrict dw = {dw_acc};
     {real}* __restrict db = {db_acc_post};
+    {extra_decl}
     if (!gate)
     {{
         // the first step of a run: no sample has relaxed yet
         for (size_t k = 0; k < (size_t){n_post} * {n_pre}; k++)
+        {{
             dw[k] = 0.0;
+            {extra_zero}
+        }}
         for (int j = 0; j < {n_post}; j++)
             db[j] = 0.0;
         return tick;
@@ -225,40 +233,94 @@ static double {func}(const double tick, const int gate, const int kind, const do
     for (int k = 0; k < {copies} * {n_post}; k++)
         D[k] = {delta};
     {gemm}(CblasRowMajor, CblasTrans, CblasNoTrans, {n_post}, {n_pre}, {copies},
-                      1.0, D, {n_post}, {pre_ptr}, {n_pre}, 0.0, dw, {n_pre});
+                      1.0, D, {n_post}, {pre_ptr}, {n_pre}, 1.0, dw, {n_pre});
     for (int j = 0; j < {n_post}; j++)
     {{
         double sum = 0.0;
         for (int s = 0; s < {copies}; s++)
             sum += D[s * {n_post} + j];
-        db[j] = learn_bias * sum;
+        db[j] += learn_bias * sum;
     }}
+    {extra_code}
     return tick;
 }}
 """
 
+# the amp primitive's batch sum <r x^T> (n_post x n_pre layout of wb): R^T X with
+# R = a_post = W xbar (the drive without bias) and X = xbar_pre of every copy
+_AMP_ACCUMULATE_CPP = """
+    {gemm}(CblasRowMajor, CblasTrans, CblasNoTrans, {n_post}, {n_pre}, {copies},
+                      1.0, {a_post}, {n_post}, {xbar_pre}, {n_pre}, 1.0, amp, {n_pre});
+"""
+
+# the null primitive's batch sum <r (B r)^T>: R^T (R Bt), Bt = wb (n_post x n_pre)
+_NULL_ACCUMULATE_CPP = """
+    static std::vector<{real}> projected_buffer({copies} * {n_pre});
+    {real}* __restrict Q = projected_buffer.data();
+    {gemm}(CblasRowMajor, CblasNoTrans, CblasNoTrans, {copies}, {n_pre}, {n_post},
+                      1.0, {a_post}, {n_post}, {wb}, {n_pre}, 0.0, Q, {n_pre});
+    {gemm}(CblasRowMajor, CblasTrans, CblasNoTrans, {n_post}, {n_pre}, {copies},
+                      1.0, {a_post}, {n_post}, Q, {n_pre}, 1.0, null_sum, {n_pre});
+"""
+
 _APPLY_CPP = """
-static double {func}(const double tick, const int gate, const double lr)
+static double {func}(const double tick, const int64_t t_step, const int steps_per_sample, const int batch_size,
+                     const double lr, const double wdecay, const double eta_b, const double c_tied, const double c_decay,
+                     const double c_amp, const double c_null, const double b_scale, const double m_eta,
+                     const double m_decay, const double m_amp)
 {{
-    // SGD step on the batch's update: w (and a learned wb) -= lr dw_acc, and
-    // every copy of the post-synaptic bias -= lr db_acc (the copies stay equal)
-    if (!gate)
+    // at the end of a batch: the SGD step w <- w - lr (dw + wdecay w), every copy of the
+    // bias -= lr db, the rule's backward step on wb (arsim.rules.base.PLASTICITY_SCALARS),
+    // then the batch's sums are cleared
+    if (t_step == 0)
         return tick;
-    const {real}* __restrict dw = {dw_acc};
+    const int64_t period = t_step / steps_per_sample;
+    const int64_t periods_per_batch = batch_size / {copies};
+    if (period % periods_per_batch != 0)
+        return tick;
+    const int64_t batch_index = period / periods_per_batch - 1;
+    (void)batch_index;
+    {real}* __restrict dw = {dw_acc};
     {real}* __restrict w = {w};
     {backward_decl}
     for (size_t k = 0; k < (size_t){n_post} * {n_pre}; k++)
     {{
-        w[k] -= lr * dw[k];
+        const {real} w_old = w[k];
+        w[k] = w_old - lr * (dw[k] + wdecay * w_old);
         {backward_step}
+        dw[k] = 0.0;
     }}
-    const {real}* __restrict db = {db_acc_post};
+    {real}* __restrict db = {db_acc_post};
     {real}* __restrict b = {b_post};
     for (int s = 0; s < {copies}; s++)
         for (int j = 0; j < {n_post}; j++)
             b[s * {n_post} + j] -= lr * db[j];
+    for (int j = 0; j < {n_post}; j++)
+        db[j] = 0.0;
+    {after_code}
     return tick;
 }}
+"""
+
+# the mirror phase (weight mirror): per step, noise X (M x n_pre) from the run's noise
+# array, R = X W^T, and wb <- wb - m_eta (2 m_decay wb - m_amp R^T X / M)
+_MIRROR_CPP = """
+    {{
+        static std::vector<{real}> r_buffer((size_t){samples} * {n_post});
+        static std::vector<{real}> g_buffer((size_t){n_post} * {n_pre});
+        {real}* __restrict R = r_buffer.data();
+        {real}* __restrict G = g_buffer.data();
+        for (int step = 0; step < {steps}; step++)
+        {{
+            const {real}* __restrict X = {noise} + ((size_t)(batch_index * {steps} + step) * {samples}) * {n_pre};
+            {gemm}(CblasRowMajor, CblasNoTrans, CblasTrans, {samples}, {n_post}, {n_pre},
+                              1.0, X, {n_pre}, w, {n_pre}, 0.0, R, {n_post});
+            {gemm}(CblasRowMajor, CblasTrans, CblasNoTrans, {n_post}, {n_pre}, {samples},
+                              1.0, R, {n_post}, X, {n_pre}, 0.0, G, {n_pre});
+            for (size_t k = 0; k < (size_t){n_post} * {n_pre}; k++)
+                wb[k] = wb[k] - m_eta * (2 * m_decay * wb[k] - m_amp * G[k] / {samples});
+        }}
+    }}
 """
 
 
@@ -383,15 +445,16 @@ def add_dense_projection(syn, pre, post, rule, act_fp, forward_order: int, sampl
 
     Parameters
     ----------
-    rule : arsim.rules.FeedbackRule
+    rule : arsim.rules.Rule
         Decides the backward matrix (``w`` or ``wb``) and the carried
         quantity (``x``, ``x * fp`` or ``x * f'(anow + b)``).
     act_fp : brian2.Function
         The activation derivative (`arsim.activations.brian_functions`),
         needed by the relaxed forward pass.
-    forward_order, sample_dt : int, Quantity
+    forward_order, sample_dt : int or None, Quantity
         ``a_post = W xbar_pre`` runs once per sample (period ``sample_dt``)
-        at this order of slot ``start``.
+        at this order of slot ``start``; None for a feedback-only pathway
+        (direct feedback from the output, which carries no forward drive).
     feedback_order : int or None
         Order in slot ``groups`` of ``fb_pre = B (x [* f'])_post``: that of
         the summed updater it replaces (the pre-synaptic layer's order - 1);
@@ -404,7 +467,7 @@ def add_dense_projection(syn, pre, post, rule, act_fp, forward_order: int, sampl
         groups hold ``copies * n`` units and every sum is done for each copy
         with the one weight array (CBLAS dgemm when ``copies > 1``).
     """
-    operations = [("a", "xbar", "start", forward_order, sample_dt)]
+    operations = [] if forward_order is None else [("a", "xbar", "start", forward_order, sample_dt)]
     if current_drive_order is not None:
         operations.append(("anow", "x", "start", current_drive_order, None))
     for target, source, when, order, dt in operations:
@@ -420,74 +483,168 @@ def add_dense_projection(syn, pre, post, rule, act_fp, forward_order: int, sampl
 
 
 def add_dense_plasticity(syn, pre, post, rule, act_fp, copies: int, sample_dt, accumulate_order: int,
-                         apply_order: int) -> None:
-    """The batch-parallel learning step of projection ``syn`` (``copies > 1``).
+                         apply_order: int, holds_backward: bool, noise_group=None) -> None:
+    """The learning step of projection ``syn`` (dense projections, any number of copies).
 
-    Once per sample period (each period is one whole batch), at slot
-    ``start``: at ``accumulate_order`` the batch's summed update goes into
-    ``dw_acc`` (synapses) and ``db_acc`` (first copy of ``post``) from the
-    relaxed state, exactly what the sample-by-sample accumulation sums; at
-    ``apply_order`` ``w`` (and a learned ``wb``) and every copy of the bias
-    take the SGD step. Between the two, the alignment monitors see the
-    update and the weights it was computed with, as in sample mode. The
-    first step of a run (nothing relaxed yet) accumulates zero and applies
-    nothing.
+    At slot ``start`` of every sample period, ``accumulate_order`` adds the
+    period's local updates (all copies) to the batch's sums ``dw_acc``
+    (synapses) and ``db_acc`` (first copy of ``post``), plus the sums of
+    the rule's training-activity primitives (``amp_acc``, ``null_acc``);
+    at ``apply_order``, after the last period of a batch, the SGD step,
+    the bias step and the rule's backward step on ``wb`` run and the sums
+    are cleared. With ``copies = batch_size`` every period is a batch;
+    with one copy the sums cover ``batch_size`` periods, exactly what the
+    summed synaptic updates of ``projection = "synapses"`` do. Between the
+    two operations the alignment monitors see the batch's update and the
+    weights it was computed with.
+
+    Parameters
+    ----------
+    rule : arsim.rules.Rule
+        Decides the carried derivative, the pre-synaptic activity and the
+        backward step (tied, primitives, sign, mirror).
+    holds_backward : bool
+        Whether ``syn`` holds the rule's ``wb`` (learned or recomputed here).
+    noise_group : NeuronGroup, optional
+        The mirror noise of this projection (``v``, one run's worth).
     """
     from brian2 import get_device
 
     n_pre, n_post = len(pre) // copies, len(post) // copies
     pre_activity = rule.presynaptic_activity
-    learns_backward = rule.learns_backward
+    primitives = rule.train_primitives if holds_backward else ()
+    tied = rule.tied and holds_backward
+    steps, samples = rule.mirror_shape() if (rule.mirror and noise_group is not None) else (0, 0)
+    sign = rule.sign and holds_backward
     accumulate, apply = f"arsim_{syn.name}_accumulate_batch", f"arsim_{syn.name}_apply_batch"
 
     def numpy_accumulate(tick, gate, kind, slope, learn_bias):
         dw = syn.variables["dw_acc"].get_value()
         db = post.variables["db_acc"].get_value()
+        sums = [syn.variables[v].get_value() for v in ("amp_acc", "null_acc") if v in syn.variables]
         if not gate:
             dw[:] = 0.0
             db[:n_post] = 0.0
+            for acc in sums:
+                acc[:] = 0.0
             return tick
         delta = _numpy_carried(rule, post, act_fp, kind, slope, derivative=True).reshape(copies, n_post)
         activity = pre.variables[pre_activity].get_value().reshape(copies, n_pre)
-        dw[:] = (delta.T @ activity).ravel()
-        db[:n_post] = learn_bias * delta.sum(axis=0)
+        dw[:] += (delta.T @ activity).ravel()
+        db[:n_post] += learn_bias * delta.sum(axis=0)
+        R = post.variables["a"].get_value().reshape(copies, n_post)
+        X = pre.variables["xbar"].get_value().reshape(copies, n_pre)
+        if "amp" in primitives:
+            syn.variables["amp_acc"].get_value()[:] += (R.T @ X).ravel()
+        if "null" in primitives:
+            Bt = syn.variables["wb"].get_value().reshape(n_post, n_pre)
+            syn.variables["null_acc"].get_value()[:] += (R.T @ (R @ Bt)).ravel()
         return tick
 
-    def numpy_apply(tick, gate, lr):
-        if gate:
-            dw = syn.variables["dw_acc"].get_value()
-            syn.variables["w"].get_value()[:] -= lr * dw
-            if learns_backward:
-                syn.variables["wb"].get_value()[:] -= lr * dw
-            b = post.variables["b"].get_value().reshape(copies, n_post)
-            b -= lr * post.variables["db_acc"].get_value()[:n_post]
+    def numpy_apply(tick, t_step, steps_per_sample, batch_size, lr, wdecay, eta_b, c_tied, c_decay, c_amp, c_null,
+                    b_scale, m_eta, m_decay, m_amp):
+        t_step, steps_per_sample, batch_size = int(t_step), int(steps_per_sample), int(batch_size)
+        per_batch = batch_size // copies
+        period = t_step // steps_per_sample
+        if t_step == 0 or period % per_batch:
+            return tick
+        batch_index = period // per_batch - 1
+        dw = syn.variables["dw_acc"].get_value()
+        w = syn.variables["w"].get_value()
+        w_old = w.copy()
+        w[:] = w_old - lr * (dw + wdecay * w_old)
+        if holds_backward:
+            wb = syn.variables["wb"].get_value()
+            if tied or primitives:
+                grad = c_tied * dw if tied else 0.0 * dw
+                grad = grad + 2 * c_decay * wb
+                if "amp" in primitives:
+                    grad = grad - c_amp * syn.variables["amp_acc"].get_value() / batch_size
+                if "null" in primitives:
+                    grad = grad + 2 * c_null * syn.variables["null_acc"].get_value() / batch_size
+                wb[:] = wb - eta_b * grad
+            if sign:
+                wb[:] = b_scale * np.sign(w)
+            if steps:
+                noise = noise_group.variables["v"].get_value().reshape(-1, steps, samples, n_pre)
+                W = w.reshape(n_post, n_pre)
+                for X in noise[batch_index]:
+                    G = ((X @ W.T).T @ X).ravel()
+                    wb[:] = wb - m_eta * (2 * m_decay * wb - m_amp * G / samples)
+        b = post.variables["b"].get_value().reshape(copies, n_post)
+        db = post.variables["db_acc"].get_value()
+        b -= lr * db[:n_post]
+        dw[:] = 0.0
+        db[:n_post] = 0.0
+        for v in ("amp_acc", "null_acc"):
+            if v in syn.variables:
+                syn.variables[v].get_value()[:] = 0.0
         return tick
+
+    import numpy as np
 
     accumulate_function = _function(numpy_accumulate, ["float", "integer", "integer", "float", "float"])
-    apply_function = _function(numpy_apply, ["float", "integer", "float"])
+    apply_function = _function(numpy_apply, ["float", "integer", "integer", "integer"] + ["float"] * 11)
     if _standalone():
         names = _names(get_device(), syn, pre, post)
         decl, delta = _derivative_code(rule, names, "k", derivative=True)
+        fields = dict(**_types(), n_pre=n_pre, n_post=n_post, copies=copies, a_post=names["a_post"],
+                      xbar_pre=names["xbar_pre"], wb=names.get("wb"))
+        extra_decl, extra_zero, extra_code = [], [], []
+        if "amp" in primitives:
+            extra_decl.append(f"{_real()}* __restrict amp = {names['amp_acc']};")
+            extra_zero.append("amp[k] = 0.0;")
+            extra_code.append(_AMP_ACCUMULATE_CPP.format(**fields))
+        if "null" in primitives:
+            extra_decl.append(f"{_real()}* __restrict null_sum = {names['null_acc']};")
+            extra_zero.append("null_sum[k] = 0.0;")
+            extra_code.append(_NULL_ACCUMULATE_CPP.format(**fields))
         code = _ACCUMULATE_GEMM_CPP.format(
-            **_types(), func=accumulate, dw_acc=names["dw_acc"], db_acc_post=names["db_acc_post"], x_post=names["x_post"],
+            **fields, func=accumulate, dw_acc=names["dw_acc"], db_acc_post=names["db_acc_post"], x_post=names["x_post"],
             derivative_decl=decl, delta=delta, pre_activity=pre_activity, pre_ptr=names[f"{pre_activity}_pre"],
-            n_pre=n_pre, n_post=n_post, copies=copies,
+            extra_decl="\n    ".join(extra_decl), extra_zero="\n            ".join(extra_zero), extra_code="".join(extra_code),
         )
         _add_cpp(accumulate_function, code, accumulate, blas=True, act_fp=act_fp)
+        backward_decl, backward_step, after = [], "", []
+        if holds_backward:
+            backward_decl.append(f"{_real()}* __restrict wb = {names['wb']};")
+            terms = []
+            if tied:
+                terms.append("c_tied * dw[k]")
+            if tied or primitives:
+                terms.append("2 * c_decay * wb[k]")
+            if "amp" in primitives:
+                backward_decl.append(f"{_real()}* __restrict amp = {names['amp_acc']};")
+                terms.append("- c_amp * amp[k] / batch_size")
+            if "null" in primitives:
+                backward_decl.append(f"{_real()}* __restrict null_sum = {names['null_acc']};")
+                terms.append("+ 2 * c_null * null_sum[k] / batch_size")
+            if terms:
+                expression = " + ".join(terms[:2]) + "".join(f" {t}" for t in terms[2:])
+                backward_step = f"wb[k] = wb[k] - eta_b * ({expression});"
+                if "amp" in primitives:
+                    backward_step += "\n        amp[k] = 0.0;"
+                if "null" in primitives:
+                    backward_step += "\n        null_sum[k] = 0.0;"
+            if sign:
+                after.append(f"for (size_t k = 0; k < (size_t){n_post} * {n_pre}; k++)\n"
+                             "        wb[k] = b_scale * (({real})(w[k] > 0) - ({real})(w[k] < 0));".replace("{real}", _real()))
+            if steps:
+                after.append(_MIRROR_CPP.format(**fields, steps=steps, samples=samples,
+                                                noise=f"brian::{get_device().get_array_name(noise_group.variables['v'])}"))
         code = _APPLY_CPP.format(
-            **_types(), func=apply, dw_acc=names["dw_acc"], w=names["w"], db_acc_post=names["db_acc_post"], b_post=names["b_post"],
-            backward_decl=f"{_real()}* __restrict wb = {names['wb']};" if learns_backward else "",
-            backward_step="wb[k] -= lr * dw[k];" if learns_backward else "",
-            n_pre=n_pre, n_post=n_post, copies=copies,
+            **fields, func=apply, dw_acc=names["dw_acc"], w=names["w"], db_acc_post=names["db_acc_post"], b_post=names["b_post"],
+            backward_decl="\n    ".join(backward_decl), backward_step=backward_step, after_code="\n    ".join(after),
         )
-        _add_cpp(apply_function, code, apply)
+        _add_cpp(apply_function, code, apply, blas=bool(steps))
     syn.namespace[accumulate] = accumulate_function
     syn.namespace[apply] = apply_function
     syn.run_regularly(
         f"proj_tick = {accumulate}(proj_tick, int(t_in_timesteps > 0), act_kind_post, act_slope_post, learn_bias_post)",
         dt=sample_dt, when="start", order=accumulate_order, name=f"{syn.name}_accumulate",
     )
+    scalars = ", ".join(PLASTICITY_SCALARS)
     syn.run_regularly(
-        f"proj_tick = {apply}(proj_tick, int(t_in_timesteps > 0), lr_post)",
+        f"proj_tick = {apply}(proj_tick, t_in_timesteps, steps_per_sample_post, batch_size_post, lr_post, {scalars})",
         dt=sample_dt, when="start", order=apply_order, name=f"{syn.name}_apply",
     )

@@ -41,6 +41,7 @@ import numpy as np
 
 from . import __version__
 from .network import Topology, build_network
+from .rules import PLASTICITY_SCALARS
 
 __all__ = ["Runner", "StandaloneRunner", "RuntimeRunner", "build_cache_dir", "get_runner", "BUILD_COUNTER"]
 
@@ -79,7 +80,7 @@ def run_files_dir() -> Path | None:
 
 
 #: modules whose code ends up in the compiled network
-_MODEL_SOURCES = ("network.py", "neuron.py", "rules.py", "activations.py", "cpp_projection.py", "devices.py")
+_MODEL_SOURCES = ("network.py", "neuron.py", "rules/*.py", "activations.py", "cpp_projection.py", "devices.py")
 
 
 @functools.lru_cache(maxsize=None)
@@ -94,8 +95,9 @@ def _model_source_digest() -> str:
     """
     here = Path(__file__).resolve().parent
     digest = hashlib.sha256()
-    for name in _MODEL_SOURCES:
-        digest.update((here / name).read_bytes())
+    for pattern in _MODEL_SOURCES:
+        for path in sorted(here.glob(pattern)):
+            digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 
 
@@ -123,8 +125,10 @@ def _parameter_views(built):
             views[f"{group.name}.{var}"] = getattr(group, var)
     for syn in built.projections:
         for var in syn.variables:
-            if var in ("w", "wb"):
+            if var in ("w", "wb", *PLASTICITY_SCALARS):
                 views[f"{syn.name}.{var}"] = getattr(syn, var)
+    for group in built.noise_groups:
+        views[f"{group.name}.v"] = group.v
     return views
 
 
@@ -155,12 +159,19 @@ def parameter_sizes(topo: Topology) -> dict:
     for index, size in enumerate(topo.sizes):
         for var in RUNTIME_NEURON_PARAMETERS:
             sizes[f"layer{index}.{var}"] = topo.copies * size if var == "b" else 1
-    separate_backward = topo.rule().backward_variable == "wb"
-    for index in range(topo.n_layers):
-        synapses = topo.sizes[index] * topo.sizes[index + 1]
-        sizes[f"proj{index}.w"] = synapses
-        if separate_backward:
-            sizes[f"proj{index}.wb"] = synapses
+    rule = topo.make_rule()
+    n_layers = topo.n_layers
+    for index in range(n_layers):
+        sizes[f"proj{index}.w"] = topo.sizes[index] * topo.sizes[index + 1]
+        if topo.train and topo.projection == "dense":
+            for name in PLASTICITY_SCALARS:
+                sizes[f"proj{index}.{name}"] = 1
+        holder = rule.backward_holder(index, n_layers)
+        if holder is not None:
+            sizes[f"{holder}.wb"] = topo.sizes[index] * topo.sizes[rule.feedback_source(index, n_layers)]
+        if topo.train and rule.mirror and holder == f"proj{index}" and index >= 1:
+            steps, samples = rule.mirror_shape()
+            sizes[f"mirror{index}.v"] = max(1, topo.n_batches) * steps * samples * topo.sizes[index]
     return sizes
 
 
@@ -343,7 +354,7 @@ class RuntimeRunner(Runner):
                     group.namespace[key] = new
                 continue
             obj_name, var = key.split(".")
-            obj = next(o for o in (*built.layers, *built.projections) if o.name == obj_name)
+            obj = next(o for o in (*built.layers, *built.projections, *built.noise_groups) if o.name == obj_name)
             if var == "tau":
                 setattr(obj, var, value.item() * second)
             else:

@@ -1,8 +1,8 @@
 """A training experiment: data, epochs, metrics, checkpoints and resume.
 
-``train(config, out_dir)`` trains with the rule of the config (``train.rule``:
-``ar`` runs the Brian2 network with the config's feedback variant, ``bp`` the
-numpy backprop baseline) and writes into ``out_dir``:
+``train(config, out_dir)`` trains with the rule of the config (``rule``: every
+simulated rule runs in the compiled Brian2 network, ``bp`` is the numpy
+backprop baseline, `arsim.rules`) and writes into ``out_dir``:
 
 ``checkpoint.npz``
     Everything needed to continue: weights after the last complete epoch,
@@ -37,10 +37,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import ar_batch
 from .config import ConfigError
 from .datasets import Dataset, load_dataset
 from .io import atomic_write_bytes, provenance, save_npz, write_json
+from .metrics import angle_deg
+from .rules import RULES, rule_from_config
 from .training import BrianTrainer, Params, bp_epoch, chunk_batches, epoch_order, evaluate, init_params
 
 __all__ = ["train", "TrainSummary", "CHECKPOINT", "dataset_for"]
@@ -85,7 +86,7 @@ def _check_finite(params: Params, where: str) -> str | None:
     return None
 
 
-def _locate_divergence(config: dict, params: Params, x, targets, epoch: int, first_batch: int) -> str:
+def _locate_divergence(config: dict, params: Params, x, targets, epoch: int, first_batch: int, noise=None) -> str:
     """Replay a diverged stretch batch by batch in numpy to name the first bad batch and layer."""
     found = []
 
@@ -95,9 +96,9 @@ def _locate_divergence(config: dict, params: Params, x, targets, epoch: int, fir
             if where:
                 found.append(where)
 
-    replay = bp_epoch if config["train.rule"] == "bp" else ar_batch.ar_epoch
+    rule = rule_from_config(config)
     with np.errstate(all="ignore"):
-        replay(config, params, x, targets, after_batch=after_batch)
+        rule.reference_epoch(config, params, x, targets, noise=noise, after_batch=after_batch)
     if found:
         return found[0]
     n_batches = len(x) // config["train.batch_size"]
@@ -121,6 +122,11 @@ def _metric_row(config, params, data, epoch, seconds, samples, alignment) -> dic
         rows = [a for a in alignment if a[1] == l]
         row[f"angle_deg_{l}"] = float(np.mean([a[2] for a in rows])) if rows else float("nan")
         row[f"rel_error_{l}"] = float(np.mean([a[3] for a in rows])) if rows else float("nan")
+    rule = rule_from_config(config)
+    for l in range(len(params.W)):
+        # the angle between the rule's own backward matrix and W^T (NaN where B is W^T or not of W^T's shape)
+        own = rule.separate_backward and params.B[l].shape == params.W[l].T.shape
+        row[f"b_angle_deg_{l}"] = angle_deg(params.B[l], params.W[l].T) if own else float("nan")
     return row
 
 
@@ -140,10 +146,36 @@ def _save_checkpoint(out_dir: Path, params: Params, epoch: int, rows: list, conf
     )
 
 
+def _check_same_model(stored: dict, config: dict, what: str) -> None:
+    for key in sorted(set(stored) | set(config)):
+        if key not in _RESUMABLE_CHANGES and stored.get(key) != config.get(key):
+            raise ConfigError(
+                f"--resume: {key} = {config.get(key)!r} differs from the {what}'s {stored.get(key)!r}; expected the same model"
+            )
+
+
 def _load_checkpoint(out_dir: Path, config: dict, n_layers: int):
+    """``(params, epoch, rows)`` of ``out_dir``'s checkpoint.
+
+    None for a run killed before its first checkpoint (the untrained state,
+    written once the network is built): ``run.json`` of the same model and no
+    ``checkpoint.npz``; that run starts from the beginning.
+    """
     path = out_dir / CHECKPOINT
     if not path.exists():
-        raise ConfigError(f"--resume: {path} does not exist; expected the output directory of an earlier run")
+        run_json = out_dir / "run.json"
+        if not run_json.exists():
+            raise ConfigError(f"--resume: {path} does not exist; expected the output directory of an earlier run")
+        try:
+            stored = json.loads(run_json.read_text())["config"]
+            if not isinstance(stored, dict):
+                raise ValueError("'config' is not a table")
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ConfigError(f"--resume: {run_json} is not the run.json of an arsim training run ({err})") from None
+        _check_same_model(stored, config, "run.json")
+        print(f"arsim: --resume: {out_dir} has no checkpoint yet (the run stopped before its first epoch); starting from epoch 0",
+              file=sys.stderr)
+        return None
     try:
         with np.load(path) as data:
             stored = json.loads(str(data["config"]))
@@ -152,11 +184,7 @@ def _load_checkpoint(out_dir: Path, config: dict, n_layers: int):
             rows = json.loads(str(data["metrics"]))
     except (OSError, ValueError, KeyError) as err:
         raise ConfigError(f"--resume: {path} is not a readable arsim checkpoint ({err})") from None
-    for key in sorted(set(stored) | set(config)):
-        if key not in _RESUMABLE_CHANGES and stored.get(key) != config.get(key):
-            raise ConfigError(
-                f"--resume: {key} = {config.get(key)!r} differs from the checkpoint's {stored.get(key)!r}; expected the same model"
-            )
+    _check_same_model(stored, config, "checkpoint")
     return params, epoch, rows
 
 
@@ -173,7 +201,8 @@ def train(config: dict, out_dir, resume: bool = False, device: str = "cpp", prog
         checkpoint already.
     resume : bool
         Continue from ``out_dir``'s checkpoint (the config must match, except
-        ``train.epochs``).
+        ``train.epochs``); a run stopped before its first checkpoint (only
+        its ``run.json``, same rule) starts from the beginning.
     device : {"cpp", "runtime"}
         Brian2 device of the AR rule.
     progress : bool
@@ -197,8 +226,9 @@ def train(config: dict, out_dir, resume: bool = False, device: str = "cpp", prog
         raise ConfigError(f"--out {out_dir}: already holds a training run; use --resume to continue it or choose another directory")
     data = dataset_for(config)
     n_layers = len(config["sizes"]) - 1
-    if resume:
-        params, start_epoch, rows = _load_checkpoint(out_dir, config, n_layers)
+    loaded = _load_checkpoint(out_dir, config, n_layers) if resume else None
+    if loaded is not None:
+        params, start_epoch, rows = loaded
     else:
         params, start_epoch, rows = init_params(config), 0, []
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -212,7 +242,7 @@ def train(config: dict, out_dir, resume: bool = False, device: str = "cpp", prog
 
     compile_seconds = 0.0
     trainer = None
-    if config["train.rule"] == "ar":
+    if RULES[config["rule"]].simulated:
         if progress and device == "cpp":
             print("arsim: building the standalone network (cached after the first time)...", file=sys.stderr)
         started = time.perf_counter()
@@ -225,7 +255,7 @@ def train(config: dict, out_dir, resume: bool = False, device: str = "cpp", prog
 
     epochs = config["train.epochs"]
     bar = tqdm(total=epochs * n_used, initial=start_epoch * n_used, unit="sample", disable=not progress,
-               desc=f"{config['name']} ({config['train.rule']})", dynamic_ncols=True)
+               desc=f"{config['name']} ({config['rule']})", dynamic_ncols=True)
     train_seconds = 0.0
     try:
         for epoch in range(start_epoch + 1, epochs + 1):
@@ -235,16 +265,17 @@ def train(config: dict, out_dir, resume: bool = False, device: str = "cpp", prog
             alignment = []
             for first in range(0, n_batches, per_run):
                 rows_slice = slice(first * batch, (first + per_run) * batch)
-                before = params
+                before, noise = params, None
                 if trainer is not None:
-                    result = trainer.run_chunk(params, x[rows_slice], targets[rows_slice], first_batch=first)
+                    noise = trainer.mirror_noise(epoch, first)
+                    result = trainer.run_chunk(params, x[rows_slice], targets[rows_slice], first_batch=first, noise=noise)
                     params = result.params
                     alignment.extend(result.alignment)
                 else:
                     with np.errstate(all="ignore"):
                         params = bp_epoch(config, params, x[rows_slice], targets[rows_slice])
                 if _check_finite(params, ""):
-                    where = _locate_divergence(config, before, x[rows_slice], targets[rows_slice], epoch, first)
+                    where = _locate_divergence(config, before, x[rows_slice], targets[rows_slice], epoch, first, noise)
                     raise FloatingPointError(f"NaN/Inf in the weights at {where}; lower train.lr or init_std")
                 bar.update(per_run * batch)
             seconds = time.perf_counter() - started

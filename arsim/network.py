@@ -1,4 +1,4 @@
-"""Network builder: neurons and projections assembled from a feedback rule.
+"""Network builder: neurons and projections assembled from a credit-assignment rule.
 
 The builder turns a resolved model config into Brian2 objects; it does not
 run them. Schedule within one clock step (slot ``start``, then ``groups``,
@@ -16,6 +16,15 @@ groups     projection l sums ``fb`` of layer l (order o_l - 1)     every step
 groups     layer l integrates ``x`` (order o_l)                    gated by ``relaxing``
 end        monitors record ``x`` (every ``record.every`` steps)
 =========  =====================================================  ==========
+
+What the rule adds (`arsim.rules.base.Rule`): a backward matrix ``wb`` on
+the projection that carries it (``backward_holder``), or, for direct
+feedback, one feedback-only Synapses ``direct{l}`` from the output to each
+hidden layer whose sum replaces projection l's in ``fb`` (the rule's
+``feedback_source``); in training with dense projections the plasticity is
+two C++ functions per projection (`arsim.cpp_projection.add_dense_plasticity`)
+whose run-time scalars (``PLASTICITY_SCALARS``) carry the rule's
+coefficients, and a mirror-noise group ``mirror{l}`` for a mirror phase.
 
 With every layer at order ``o_l = 0`` all feedback sums precede all state
 updates: the synchronous (Jacobi) step of continuous time. With
@@ -44,7 +53,7 @@ from brian2 import Clock, NeuronGroup, Network, StateMonitor, Synapses, TimedArr
 from .activations import ACTIVATION_CODES, brian_functions
 from .cpp_projection import TICK_EQUATION, add_dense_plasticity, add_dense_projection
 from .neuron import neuron_equations, store_code
-from .rules import FeedbackRule, get_rule
+from .rules import PLASTICITY_SCALARS, Rule, make_rule
 
 __all__ = ["DT_INTERNAL", "Topology", "BuiltNetwork", "topology_from_config", "build_network", "projection_indices"]
 
@@ -67,6 +76,8 @@ class Topology:
 
     sizes: tuple
     loss: str
+    rule: str
+    rule_build: tuple
     feedback: str
     derivative: bool
     ordering: str
@@ -80,6 +91,8 @@ class Topology:
     projection: str = "synapses"
     copies: int = 1
     precision: str = "float64"
+    #: batches per training run (sizes the mirror-noise arrays; 0 outside training)
+    n_batches: int = 0
 
     @property
     def n_layers(self) -> int:
@@ -101,18 +114,25 @@ class Topology:
         """Clock steps per sample: the forward sweep plus ``max_relax`` relaxation steps."""
         return self.max_relax + 1
 
-    def rule(self) -> FeedbackRule:
-        """The feedback rule object of this topology."""
-        return get_rule(self.feedback, derivative=self.derivative, frozen_forward=self.forward == "frozen")
+    def make_rule(self) -> Rule:
+        """The rule object of this topology (its compiled settings; run-time values take defaults)."""
+        return make_rule(self.rule, dict(self.rule_build), derivative=self.derivative, ordering=self.ordering,
+                         forward=self.forward, feedback=self.feedback)
 
 
 def topology_from_config(config: dict, max_relax: int | None = None, n_samples: int = 1) -> Topology:
     """Extract the build key of a resolved config."""
     from .config import n_relax_steps
+    from .rules import RULES
 
+    rule = RULES[config["rule"]]
+    if not rule.simulated:
+        raise ValueError(f"rule = {config['rule']!r} is not simulated in Brian2 (it is the numpy oracle)")
     return Topology(
         sizes=tuple(config["sizes"]),
         loss=config["loss"],
+        rule=config["rule"],
+        rule_build=rule.build_settings({k: config[f"{config['rule']}.{k}"] for k in rule.params}),
         feedback=config["feedback"],
         derivative=bool(config["derivative"]),
         ordering=config["ordering"],
@@ -143,6 +163,7 @@ class BuiltNetwork:
     projections: list
     monitors: dict = field(default_factory=dict)
     align_monitors: dict = field(default_factory=dict)
+    noise_groups: list = field(default_factory=list)
     input_values: TimedArray | None = None
     target_values: TimedArray | None = None
     duration: float = 0.0
@@ -169,11 +190,11 @@ def build_network(topo: Topology) -> BuiltNetwork:
     input_values = TimedArray(np.zeros((topo.n_samples, copies * topo.sizes[0])), dt=sample_dt, name="input_values")
     target_values = TimedArray(np.zeros((topo.n_samples, copies * topo.sizes[-1])), dt=sample_dt, name="target_values")
     namespace = {"input_values": input_values, "target_values": target_values, **brian_functions()}
-    rule = topo.rule()
+    rule = topo.make_rule()
     clock = Clock(dt=DT_INTERNAL * second, name="arsim_clock")
     sample_clock = Clock(dt=sample_dt, name="arsim_sample_clock")
 
-    layers = []
+    layers, extra, noise_groups = [], [], []
     for index, size in enumerate(topo.sizes):
         order = 0 if topo.ordering == "synchronous" else 2 * (n_layers - index)
         group = NeuronGroup(
@@ -193,7 +214,7 @@ def build_network(topo: Topology) -> BuiltNetwork:
         group.act_slope = 0.01
         group.x_start = 1.0
         group.batch_size = 1
-        if topo.train and index >= 1 and copies == 1:
+        if topo.train and index >= 1 and topo.projection != "dense":
             _add_bias_plasticity(group, sample_dt, rule)
         role = "input" if index == 0 else ("output" if index == n_layers else "hidden")
         code = store_code(role, loss=topo.loss)
@@ -209,14 +230,19 @@ def build_network(topo: Topology) -> BuiltNetwork:
     dense = topo.projection == "dense"
     for index in range(n_layers):
         pre, post = layers[index], layers[index + 1]
+        holds_backward = rule.backward_holder(index, n_layers) == f"proj{index}"
+        feeds_back = index >= 1 and not rule.direct  # the input layer does not relax: no feedback into it
         if dense:
             # the sums (a, anow, fb) are C++ mat-vecs over w / wb (arsim/cpp_projection.py)
-            model = ["w : 1", rule.synapse_equations, TICK_EQUATION]
+            model = ["w : 1", "wb : 1" if holds_backward else "", TICK_EQUATION]
         else:
             model = ["w : 1", rule.projection_equations(), "a_post = w * xbar_pre : 1 (summed)"]
         if topo.train:
             model.append("dw_acc : 1")
-        if index >= 1 and not dense:  # the input layer does not relax: no feedback into it
+            if dense:
+                model += [f"{name} : 1 (shared, constant)" for name in PLASTICITY_SCALARS]
+                model += [f"{name}_acc : 1" for name in ("amp", "null") if holds_backward and name in rule.train_primitives]
+        if feeds_back and not dense:
             model.append(f"fb_pre = {rule.feedback_expression()} : 1 (summed)")
         syn = Synapses(
             pre, post, model="\n".join(m for m in model if m), clock=clock,
@@ -228,23 +254,43 @@ def build_network(topo: Topology) -> BuiltNetwork:
             add_dense_projection(
                 syn, pre, post, rule, act_fp=namespace["act_fp"],
                 forward_order=3 * (index + 1) - 2, sample_dt=sample_dt,
-                feedback_order=pre.order - 1 if index >= 1 else None,
+                feedback_order=pre.order - 1 if feeds_back else None,
                 current_drive_order=None if rule.frozen_forward else ORDER_CURRENT_DRIVE, copies=copies,
             )
         else:
             _schedule_summed(syn, index, rule, sample_clock)
-        if topo.train and copies > 1:
-            # one period is one batch: accumulate and apply in C++ (with the bias of post)
+        if topo.train and dense:
+            noise = None
+            if rule.mirror and holds_backward and index >= 1:
+                steps_mirror, samples = rule.mirror_shape()
+                noise = NeuronGroup(max(1, topo.n_batches) * steps_mirror * samples * topo.sizes[index], "v : 1",
+                                    clock=clock, name=f"mirror{index}")
+                extra.append(noise)
+                noise_groups.append(noise)
+            # accumulate and apply in C++ (with the bias of post), every period or every batch_size periods
             add_dense_plasticity(
                 syn, pre, post, rule, act_fp=namespace["act_fp"], copies=copies, sample_dt=sample_dt,
-                accumulate_order=ORDER_ACCUMULATE, apply_order=ORDER_APPLY,
+                accumulate_order=ORDER_ACCUMULATE, apply_order=ORDER_APPLY, holds_backward=holds_backward,
+                noise_group=noise,
             )
         elif topo.train:
             syn.run_regularly(rule.accumulate_code(), dt=sample_dt, when="start", order=ORDER_ACCUMULATE, name=f"proj{index}_accumulate")
             syn.run_regularly(rule.apply_code(), dt=sample_dt, when="start", order=ORDER_APPLY, name=f"proj{index}_apply")
         projections.append(syn)
 
-    extra = []
+    # direct feedback (DFA): one feedback-only pathway from the output to every hidden layer
+    for index in range(1, n_layers):
+        holder = rule.backward_holder(index, n_layers)
+        if holder is None or holder == f"proj{index}":
+            continue
+        pre, post = layers[index], layers[rule.feedback_source(index, n_layers)]
+        syn = Synapses(pre, post, model="\n".join(["wb : 1", TICK_EQUATION]), clock=clock, namespace=dict(namespace), name=holder)
+        i, j = projection_indices(len(pre) // copies, len(post) // copies)
+        syn.connect(i=i, j=j)
+        add_dense_projection(syn, pre, post, rule, act_fp=namespace["act_fp"], forward_order=None, sample_dt=sample_dt,
+                             feedback_order=pre.order - 1, current_drive_order=None, copies=copies)
+        projections.append(syn)
+
     if topo.loss == "ce":
         out = layers[-1]
         norm = Synapses(out, out, model="zsum_post = exp(u_pre - u_post) : 1 (summed)", clock=clock, name="softmax_norm")
@@ -275,7 +321,7 @@ def build_network(topo: Topology) -> BuiltNetwork:
     if topo.train and topo.align_interval:
         # sees the batch's summed update and the weights it was computed with,
         # between accumulation and application
-        for index, syn in enumerate(projections):
+        for index, syn in enumerate(projections[:n_layers]):
             align_monitors[index] = StateMonitor(
                 syn,
                 ["w", "dw_acc"],
@@ -303,6 +349,7 @@ def build_network(topo: Topology) -> BuiltNetwork:
         projections=projections,
         monitors=monitors,
         align_monitors=align_monitors,
+        noise_groups=noise_groups,
         input_values=input_values,
         target_values=target_values,
         duration=topo.n_steps * DT_INTERNAL,
@@ -313,7 +360,7 @@ def build_network(topo: Topology) -> BuiltNetwork:
 ORDER_CURRENT_DRIVE, ORDER_ACCUMULATE, ORDER_ALIGN, ORDER_APPLY = -40, -30, -20, -10
 
 
-def _schedule_summed(syn, index: int, rule: FeedbackRule, sample_clock) -> None:
+def _schedule_summed(syn, index: int, rule: Rule, sample_clock) -> None:
     """Place the summed updaters of projection ``index`` (``projection = "synapses"``)."""
     forward_sum = syn.summed_updaters["a_post"]
     forward_sum.when, forward_sum.order = "start", 3 * (index + 1) - 2
@@ -327,7 +374,7 @@ def _schedule_summed(syn, index: int, rule: FeedbackRule, sample_clock) -> None:
         current_sum.when, current_sum.order = "start", ORDER_CURRENT_DRIVE
 
 
-def _add_bias_plasticity(group, sample_dt, rule: FeedbackRule) -> None:
+def _add_bias_plasticity(group, sample_dt, rule: Rule) -> None:
     """Bias learning of a non-input layer: the same accumulate/apply phases as the weights."""
     group.run_regularly(rule.bias_accumulate_code(), dt=sample_dt, when="start", order=ORDER_ACCUMULATE + 1, name=f"{group.name}_accumulate")
     group.run_regularly(

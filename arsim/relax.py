@@ -17,6 +17,7 @@ from .activations import ACTIVATION_CODES, get_activation
 from .config import n_relax_steps
 from .devices import Runner, get_runner
 from .network import DT_INTERNAL, Topology, topology_from_config
+from .rules import RULES, rule_from_config
 
 __all__ = ["Problem", "draw_problem", "run_relaxation", "RelaxResult", "network_params", "layer_table"]
 
@@ -47,8 +48,7 @@ def draw_problem(config: dict) -> Problem:
         b = [rng.normal(0.0, config["init_std"], size=sizes[l + 1]) for l in range(n_layers)]
     else:
         b = [np.zeros(sizes[l + 1]) for l in range(n_layers)]
-    topo_rule = topology_from_config(config).rule()
-    B = topo_rule.initial_backward(W, rng, config["feedback_std"])
+    B = rule_from_config(config).initial_backward(W, rng, config["feedback_std"])
     if config["input"] == "normal":
         x_in = rng.normal(0.0, 1.0, size=sizes[0])
     else:
@@ -77,12 +77,9 @@ def network_params(topo: Topology, config: dict, problem: Problem, n_relax: int 
         params[f"layer{layer}.n_relax"] = np.array([n_relax])
         if layer >= 1:
             params[f"layer{layer}.b"] = problem.b[layer - 1]
-    rule = topo.rule()
     for layer in range(topo.n_layers):
         params[f"proj{layer}.w"] = problem.W[layer].ravel()
-        if rule.backward_variable == "wb":
-            # synapse k = (post, pre) holds B[pre, post]
-            params[f"proj{layer}.wb"] = problem.B[layer].T.ravel()
+    params.update(topo.make_rule().backward_arrays(problem.B))
     return params
 
 
@@ -193,6 +190,22 @@ def check_finite(raw: dict, steps: np.ndarray, eta: float) -> None:
             raise FloatingPointError(f"NaN/Inf in {key} at the end of the relaxation")
 
 
+def _oracle_relaxation(config: dict) -> RelaxResult:
+    """``rule = "bp"``: the oracle's own backward pass as the "relaxed" state (zero error by construction)."""
+    problem = draw_problem(config)
+    hidden = get_activation(config["activation"], config["leaky_slope"])
+    output = get_activation(config["output_activation"], config["leaky_slope"])
+    fwd = oracle.forward(problem.W, problem.b, problem.x_in, hidden, output, config["loss"])
+    bp = oracle.backward(problem.W, fwd, problem.target, config["loss"])
+    x = [fwd.xbar[0]] + bp.dxbar[1:]
+    result = RelaxResult(
+        config=config, problem=problem, xbar=fwd.xbar, fp=fwd.fp, x=x, t=np.zeros(1),
+        xtrace=[None] + [v[None, :] for v in x[1:]], dW=bp.dW, db=bp.db, bp=bp, B_used=[w.T.copy() for w in problem.W],
+    )
+    layer_table(result)
+    return result
+
+
 def run_relaxation(config: dict, device: str = "cpp", runner: Runner | None = None) -> RelaxResult:
     """Relax one network in Brian2 and compare with the oracle.
 
@@ -207,6 +220,8 @@ def run_relaxation(config: dict, device: str = "cpp", runner: Runner | None = No
     """
     import time
 
+    if not RULES[config["rule"]].simulated:
+        return _oracle_relaxation(config)
     topo = runner.topology if runner is not None else topology_from_config(config)
     runner = runner or get_runner(topo, device)
     problem = draw_problem(config)
@@ -240,10 +255,6 @@ def run_relaxation(config: dict, device: str = "cpp", runner: Runner | None = No
     db = [x[l + 1] * slope[l + 1] for l in range(n_layers)]
     fwd = oracle.forward(problem.W, problem.b, problem.x_in, hidden, output, config["loss"])
     bp = oracle.backward(problem.W, fwd, problem.target, config["loss"])
-    rule = topo.rule()
-    wb = None
-    if rule.backward_variable == "wb":
-        wb = [raw[f"proj{l}.wb"].reshape(topo.sizes[l + 1], topo.sizes[l]).T for l in range(n_layers)]
     W_now = [raw[f"proj{l}.w"].reshape(topo.sizes[l + 1], topo.sizes[l]) for l in range(n_layers)]
     result = RelaxResult(
         config=config,
@@ -256,7 +267,7 @@ def run_relaxation(config: dict, device: str = "cpp", runner: Runner | None = No
         dW=dW,
         db=db,
         bp=bp,
-        B_used=rule.backward_matrices(W_now, wb),
+        B_used=topo.make_rule().backward_from_results(raw, W_now, problem.B),
         compile_seconds=getattr(runner, "compile_seconds", 0.0),
         run_seconds=run_seconds,
     )

@@ -27,6 +27,7 @@ from .config import n_relax_steps
 from .devices import Runner, get_runner
 from .network import DT_INTERNAL, Topology, topology_from_config
 from .relax import Problem, network_params
+from .rules import rule_from_config
 
 __all__ = ["Params", "init_params", "epoch_order", "chunk_batches", "batch_parallel", "train_topology", "BrianTrainer", "ChunkResult", "bp_epoch", "evaluate"]
 
@@ -68,8 +69,7 @@ def init_params(config: dict) -> Params:
     sizes = config["sizes"]
     W = [rng.normal(0.0, config["init_std"], size=(sizes[l + 1], sizes[l])) for l in range(len(sizes) - 1)]
     b = [np.zeros(sizes[l + 1]) for l in range(len(sizes) - 1)]
-    rule = topology_from_config(config).rule()
-    return Params(W, b, rule.initial_backward(W, rng, config["feedback_std"]))
+    return Params(W, b, rule_from_config(config).initial_backward(W, rng, config["feedback_std"]))
 
 
 def epoch_order(config: dict, n_train: int, epoch: int) -> np.ndarray:
@@ -118,6 +118,7 @@ def train_topology(config: dict, chunk_samples: int, max_relax: int | None = Non
     return dataclasses.replace(
         topology_from_config(config, max_relax=max_relax, n_samples=chunk_samples // copies),
         record_variables=(), record_every=1, train=True, align_interval=align, copies=copies,
+        n_batches=chunk_samples // batch if rule_from_config(config).mirror else 0,
     )
 
 
@@ -158,9 +159,18 @@ class BrianTrainer:
             raise ValueError(f"{n_relax_steps(config)} relaxation steps requested; the build holds at most {self.topology.max_relax}")
         if runner is not None and runner.topology != self.topology:
             raise ValueError("the runner was built for another topology")
+        self.rule = rule_from_config(config)
         self.runner = runner or get_runner(self.topology, device)
 
-    def params_for_run(self, params: Params, x: np.ndarray, targets: np.ndarray) -> dict:
+    def mirror_noise(self, epoch: int, first_batch: int) -> dict:
+        """The mirror noise of one run, ``{l: (batches, steps, samples, n_l)}``, seeded by (seed, epoch, first batch)."""
+        if not self.rule.mirror:
+            return {}
+        rng = np.random.default_rng([self.config["seed"], 7, epoch, first_batch])
+        n_batches = self.topology.samples_per_run // self.config["train.batch_size"]
+        return self.rule.mirror_noise(rng, n_batches, self.config["sizes"])
+
+    def params_for_run(self, params: Params, x: np.ndarray, targets: np.ndarray, noise: dict | None = None) -> dict:
         """Run-time arrays of one run: those of a relaxation plus the learning parameters."""
         config, topo = self.config, self.topology
         # sample p * copies + c is copy c of period p: the rows of x, flattened, are the input rows
@@ -172,13 +182,22 @@ class BrianTrainer:
             out[f"layer{layer}.lr"] = np.array([config["train.lr"]])
             out[f"layer{layer}.batch_size"] = np.array([config["train.batch_size"]])
             out[f"layer{layer}.learn_bias"] = np.array([1.0 if config["bias"] else 0.0])
+        if topo.projection == "dense":
+            for layer, values in enumerate(self.rule.plasticity_scalars(config["train.lr"], config["sizes"])):
+                for name, value in values.items():
+                    out[f"proj{layer}.{name}"] = np.array([value])
+        for layer, values in (noise or {}).items():
+            out[f"mirror{layer}.v"] = values.ravel()
         return out
 
-    def run_chunk(self, params: Params, x: np.ndarray, targets: np.ndarray, first_batch: int = 0) -> ChunkResult:
+    def run_chunk(self, params: Params, x: np.ndarray, targets: np.ndarray, first_batch: int = 0, epoch: int = 1,
+                  noise: dict | None = None) -> ChunkResult:
         """Train on the rows of ``x`` / ``targets`` (in sample order, one run's worth).
 
         ``first_batch`` is the number of batches of the epoch before this run;
-        it places the sampled alignment batches on the epoch's batch grid.
+        it places the sampled alignment batches on the epoch's batch grid and,
+        with ``epoch``, seeds the mirror noise (`mirror_noise`) unless
+        ``noise`` is given.
         """
         import time
 
@@ -186,15 +205,14 @@ class BrianTrainer:
         if len(x) != topo.samples_per_run:
             raise ValueError(f"this build trains on {topo.samples_per_run} samples per run, got {len(x)}")
         started = time.perf_counter()
-        raw = self.runner.run(self.params_for_run(params, x, targets))
+        if noise is None:
+            noise = self.mirror_noise(epoch, first_batch)
+        raw = self.runner.run(self.params_for_run(params, x, targets, noise))
         seconds = time.perf_counter() - started
         sizes = topo.sizes
         W = [raw[f"proj{l}.w"].reshape(sizes[l + 1], sizes[l]) for l in range(topo.n_layers)]
         b = [raw[f"layer{l + 1}.b"][:sizes[l + 1]].copy() for l in range(topo.n_layers)]
-        wb = None
-        if topo.rule().backward_variable == "wb":
-            wb = [raw[f"proj{l}.wb"].reshape(sizes[l + 1], sizes[l]).T.copy() for l in range(topo.n_layers)]
-        new = Params(W, b, topo.rule().backward_matrices(W, wb))
+        new = Params(W, b, self.rule.backward_from_results(raw, W, params.B))
         return ChunkResult(params=new, alignment=self._alignment(raw, x, targets, first_batch), seconds=seconds)
 
     def _alignment(self, raw: dict, x: np.ndarray, targets: np.ndarray, first_batch: int) -> list:

@@ -12,7 +12,7 @@ Every compiled network here is a *training* network that also records ``x``
 of every layer at every step, so one build checks both (a) the relaxation
 trajectory of every sample against `arsim.reference.relax_euler` (with the
 weights the numpy reference holds at that sample's batch) and (b) the
-trained weights against `arsim.ar_batch.ar_epoch`, both to 1e-10. Six builds
+trained weights against the rule's numpy reference (`arsim.rules.Rule.reference_epoch`), both to 1e-10. Six builds
 cover exact AR, sequential ordering with random feedback, learned feedback
 with and without the derivative, ce with relu and biases, and the relaxed
 forward pass. The numpy implementations of the same functions (runtime
@@ -24,7 +24,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from arsim import ar_batch, oracle
+from arsim import oracle
+from arsim.rules import rule_from_config
 from arsim.activations import get_activation
 from arsim.config import n_relax_steps, resolve
 from arsim.devices import Runner, StandaloneRunner
@@ -95,7 +96,7 @@ def trained(build_dir):
 def _reference_epoch(config, params, x, targets):
     """Numpy training (batched, no Brian2) and the weights in force at each batch."""
     before = [params.copy()]
-    final = ar_batch.ar_epoch(config, params, x, targets, after_batch=lambda index, p: before.append(p.copy()))
+    final = rule_from_config(config).reference_epoch(config, params, x, targets, after_batch=lambda index, p: before.append(p.copy()))
     return final, before
 
 
@@ -207,8 +208,8 @@ def test_float32_training_equals_float32_numpy(build_dir, parallel):
     trainer = BrianTrainer(config, N_SAMPLES, max_relax=20 if parallel == "batch" else MAX_RELAX)
     assert trainer.topology.precision == "float32"
     result = trainer.run_chunk(params, x, targets).params
-    single = ar_batch.ar_epoch(config, params.astype(np.float32), x.astype(np.float32), targets.astype(np.float32))
-    double = ar_batch.ar_epoch(config, params, x, targets)
+    single = rule_from_config(config).reference_epoch(config, params.astype(np.float32), x.astype(np.float32), targets.astype(np.float32))
+    double = rule_from_config(config).reference_epoch(config, params, x, targets)
     assert single.W[0].dtype == np.float32  # the reference itself stayed in float32
     to_double, to_single = 0.0, 0.0
     for l in range(len(SIZES) - 1):

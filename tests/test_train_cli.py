@@ -60,7 +60,7 @@ def _rows(directory):
 
 def test_train_writes_results_and_bp_baseline_shares_the_start(tiny_model, tmp_path, capsys):
     assert main(["train", str(tiny_model), "--out", str(tmp_path / "ar"), "--quiet"]) == 0
-    assert main(["train", str(tiny_model), "--out", str(tmp_path / "bp"), "--quiet", "--set", "train.rule=bp"]) == 0
+    assert main(["train", str(tiny_model), "--out", str(tmp_path / "bp"), "--quiet", "--set", "rule=bp"]) == 0
     out = capsys.readouterr().out
     assert "samples/s" in out and "compile" in out
     for name in ("checkpoint.npz", "metrics.csv", "metrics.json", "run.json", "weights.npz"):
@@ -136,7 +136,8 @@ def test_divergence_names_epoch_batch_and_layer(tiny_model, tmp_path, capsys):
         (["--set", "train.batch_size=0"], "train.batch_size"),
         (["--set", "train.batch_size=500"], "train.batch_size = 500"),
         (["--set", "train.lr=-1"], "train.lr"),
-        (["--set", "train.rule=hebb"], "train.rule"),
+        (["--set", "rule=hebb"], "rule"),
+        (["--set", "train.rule=bp"], "rule"),
         (["--epochs", "0"], "train.epochs"),
     ],
 )

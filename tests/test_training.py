@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from arsim import ar_batch, oracle
+from arsim import oracle
+from arsim.rules import rule_from_config
 from arsim.activations import get_activation
 from arsim.config import resolve
 from arsim.reference import relax_euler
@@ -142,7 +143,7 @@ def test_batched_numpy_ar_equals_per_sample_reference(rule):
     config = _config(duration=25.0, **RULES[rule])
     params = init_params(config)
     x, targets = _data(config)
-    _assert_params_close(ar_batch.ar_epoch(config, params, x, targets), per_sample_reference(config, params, x, targets, 25), 1e-13)
+    _assert_params_close(rule_from_config(config).reference_epoch(config, params, x, targets), per_sample_reference(config, params, x, targets, 25), 1e-13)
 
 
 @pytest.mark.parametrize("rule", list(RULES))
@@ -201,7 +202,7 @@ def test_short_relaxation_alignment_equals_numpy_update(trainers):
     params = init_params(config)
     x, targets = _data(config)
     result = trainers(config).run_chunk(params, x, targets)
-    dW, _ = ar_batch.ar_batch_update(config, params.W, params.b, params.B, x[:BATCH], targets[:BATCH])
+    dW, _, _ = rule_from_config(config).reference_update(config, params.W, params.b, params.B, x[:BATCH], targets[:BATCH])
     hidden = get_activation(config["activation"])
     output = get_activation(config["output_activation"])
     fwd = oracle.forward(params.W, params.b, x[:BATCH], hidden, output, config["loss"])
@@ -274,4 +275,4 @@ def test_long_run_has_no_clock_drift(build_dir, parallel):
     targets = np.eye(2)[rng.integers(2, size=n)]
     params = init_params(config)
     result = BrianTrainer(config, n).run_chunk(params, x, targets)
-    _assert_params_close(result.params, ar_batch.ar_epoch(config, params, x, targets), 1e-10)
+    _assert_params_close(result.params, rule_from_config(config).reference_epoch(config, params, x, targets), 1e-10)

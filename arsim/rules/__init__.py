@@ -1,0 +1,41 @@
+"""Credit-assignment rules, one module each, on the one neuron type (`arsim.rules.base`).
+
+``RULES`` maps the model file's ``rule`` value to its class. Importing this
+package registers every rule.
+"""
+
+from __future__ import annotations
+
+# registration order is the order of the cards and of `arsim rules`
+from . import ar, bp, fa, dfa, kp, wm, ia, sign  # noqa: F401,I001
+from .base import PLASTICITY_SCALARS, RULES, Param, Rule, register
+
+__all__ = ["RULES", "Rule", "Param", "register", "PLASTICITY_SCALARS", "FEEDBACK_CHOICES", "make_rule", "rule_from_config", "cards"]
+
+#: AR's ``feedback`` switch
+FEEDBACK_CHOICES = ("transpose", "learned", "random")
+
+
+def make_rule(name: str, settings: dict | None = None, derivative: bool = True, ordering: str = "synchronous",
+              forward: str = "frozen", feedback: str = "transpose") -> Rule:
+    """Instantiate the rule called ``name``."""
+    return RULES[name](settings, derivative=derivative, ordering=ordering, forward=forward, feedback=feedback)
+
+
+def rule_from_config(config: dict) -> Rule:
+    """The rule of a resolved config, with its table's values."""
+    name = config["rule"]
+    settings = {key: config[f"{name}.{key}"] for key in RULES[name].params}
+    return make_rule(name, settings, derivative=config["derivative"], ordering=config["ordering"],
+                     forward=config["forward"], feedback=config["feedback"])
+
+
+def cards() -> str:
+    """Every rule's doc card, in registry order (docs/rules.md is this text)."""
+    header = (
+        "# Credit-assignment rules\n\n"
+        "Generated from the declarations in `arsim/rules/` by `arsim rules --markdown`; "
+        "`tests/test_rules.py` fails when this file and the code differ.\n"
+        "Choose a rule with the top-level key `rule`; its parameters go in a table named after it.\n\n"
+    )
+    return header + "\n".join(RULES[name].card() for name in RULES)

@@ -1,0 +1,411 @@
+"""The credit-assignment rule interface: declarations the builder, trainer and CLI ask.
+
+A rule is one class in its own module of `arsim.rules`, registered with
+`register`. It declares
+
+* its parameters (`Param`), read from a model-file table named after the
+  rule (``[kp] decay = 1e-3``), validated by `arsim.config` and printed as
+  the rule's doc card (`Rule.card`) from the same declaration;
+* what it adds to the shared topology: a separate backward matrix ``B^l``
+  (synaptic variable ``wb``), where the feedback into hidden layer ``l``
+  comes from (the layer above, or the output for direct feedback), the
+  mirror-noise arrays of a mirror phase;
+* its plasticity, as coefficients over the backward-weight primitives of
+  `arsim.rules.primitives` (Kunin et al. 2020: tied gradient, decay, amp,
+  null) plus a decay of the forward weights and, for sign symmetry, a
+  backward matrix recomputed from ``W``;
+* its batched numpy reference (`Rule.reference_epoch`), composed from the
+  same declarations with numpy code that shares nothing with the C++ of
+  `arsim.cpp_projection`; tests hold the two to 1e-10.
+
+Every rule runs on the one neuron type (`arsim.neuron`): the relaxation
+``tau dx^l/dt = -x^l + fb^l`` with ``fb^l = B^l (x^s [* f'^s])`` for the
+rule's source layer ``s``. Adding a rule means adding a module here; the
+builder (`arsim.network`), the trainer, the references and the CLI only
+call the methods below.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+
+__all__ = ["Param", "Rule", "RULES", "register", "PLASTICITY_SCALARS", "positive", "non_negative"]
+
+RULES: dict[str, type["Rule"]] = {}
+
+
+def register(cls):
+    """Class decorator adding a rule to `RULES` under ``cls.name``."""
+    RULES[cls.name] = cls
+    return cls
+
+
+def positive(value):
+    return None if value > 0 and math.isfinite(value) else "a finite number > 0"
+
+
+def non_negative(value):
+    return None if value >= 0 and math.isfinite(value) else "a finite number >= 0"
+
+
+def at_least_one(value):
+    return None if value >= 1 else "an integer >= 1"
+
+
+@dataclass(frozen=True)
+class Param:
+    """Declaration of one rule parameter (one row of the rule's doc card).
+
+    Attributes
+    ----------
+    kind : type
+        ``float``, ``int``, ``bool`` or ``str`` (after TOML parsing).
+    default : object
+        Default value.
+    math : str
+        Symbol in the rule's equations.
+    doc : str
+        One-line meaning.
+    check : callable, optional
+        Returns what is accepted, or None if the value is fine.
+    unit : str
+        Physical unit (``--`` if dimensionless).
+    build : bool
+        Whether the value changes the compiled code (array sizes, code
+        paths): part of the build key. Other parameters are run-time
+        arguments of the one compiled binary.
+    """
+
+    kind: Any
+    default: Any
+    math: str
+    doc: str
+    check: Callable[[Any], str | None] | None = None
+    unit: str = "--"
+    build: bool = False
+
+
+#: run-time scalars of a trained projection (shared variables of its Synapses): the SGD
+#: step is w <- w - lr (dw + wdecay w), and the backward matrix moves by
+#: wb <- wb - eta_b (c_tied dw + 2 c_decay wb - c_amp <r x^T> + 2 c_null <r (B r)^T>),
+#: then (sign) wb = b_scale sign(w), then per mirror step
+#: wb <- wb - m_eta (2 m_decay wb - m_amp <r x^T>_noise)
+PLASTICITY_SCALARS = ("wdecay", "eta_b", "c_tied", "c_decay", "c_amp", "c_null", "b_scale", "m_eta", "m_decay", "m_amp")
+
+#: the primitives a rule may use on the training activity (SPEC 3.5)
+TRAIN_PRIMITIVES = ("decay", "amp", "null")
+
+
+class Rule:
+    """Base class of every credit-assignment rule.
+
+    Parameters
+    ----------
+    settings : dict
+        The rule's table, ``{param: value}`` (missing entries take the
+        declared defaults).
+    derivative : bool
+        Carry ``f'`` of the source layer in the feedback (SPEC 2,
+        simplification 3 when False).
+    ordering : {"synchronous", "sequential"}
+        Layer update order within an Euler step.
+    forward : str
+        ``frozen`` (stored ``xbar``, ``f'(a)``) or ``relaxed`` (AR only).
+    feedback : str
+        AR's backward weights: ``transpose``, ``learned``, ``random``.
+    """
+
+    name: ClassVar[str] = ""
+    title: ClassVar[str] = ""
+    #: card text: what the rule computes and how it maps onto the relaxation
+    summary: ClassVar[str] = ""
+    params: ClassVar[dict] = {}
+    #: False: the rule is the numpy oracle itself (bp), no Brian2 network
+    simulated: ClassVar[bool] = True
+    #: feedback into hidden layer l comes from the output layer (DFA) instead of l+1
+    direct: ClassVar[bool] = False
+    #: the rule keeps a backward matrix of its own (B^l in ``wb``)
+    separate_backward: ClassVar[bool] = True
+    #: dB = (dW)^T term (Kolen-Pollack, AR learned)
+    tied: ClassVar[bool] = False
+    #: primitives on the training activity (information alignment)
+    train_primitives: ClassVar[tuple] = ()
+    #: a mirror phase per batch (weight mirror)
+    mirror: ClassVar[bool] = False
+    #: B = scale * sign(W)^T, recomputed after every update (sign symmetry)
+    sign: ClassVar[bool] = False
+    #: projection backends the rule supports
+    projections: ClassVar[tuple] = ("dense",)
+
+    def __init__(self, settings: dict | None = None, derivative: bool = True, ordering: str = "synchronous",
+                 forward: str = "frozen", feedback: str = "transpose"):
+        self.settings = {key: spec.default for key, spec in self.params.items()}
+        self.settings.update(settings or {})
+        self.derivative = derivative
+        self.ordering = ordering
+        self.frozen_forward = forward == "frozen"
+        self.feedback = feedback
+
+    # ------------------------------------------------------------------ declarations
+
+    @classmethod
+    def build_settings(cls, settings: dict) -> tuple:
+        """The parameters that change the compiled code, as a hashable tuple."""
+        return tuple(sorted((k, settings.get(k, spec.default)) for k, spec in cls.params.items() if spec.build))
+
+    @classmethod
+    def card(cls) -> str:
+        """The rule's doc card (markdown): summary and a Parameter | Unit | Math | Default | Description table."""
+        lines = [f"### `rule = \"{cls.name}\"`: {cls.title}", "", cls.summary.strip(), ""]
+        if cls.params:
+            lines += [f"Table `[{cls.name}]`:", "", "| Parameter | Unit | Math | Default | Description |", "|---|---|---|---|---|"]
+            for key, spec in cls.params.items():
+                default = repr(spec.default) if isinstance(spec.default, str) else str(spec.default).lower() if isinstance(spec.default, bool) else f"{spec.default:g}"
+                lines.append(f"| `{key}` | {spec.unit} | {spec.math} | {default} | {spec.doc}{' (compiled)' if spec.build else ''} |")
+        else:
+            lines.append("No parameters of its own.")
+        return "\n".join(lines) + "\n"
+
+    # ------------------------------------------------------------------ topology
+
+    @property
+    def backward_variable(self) -> str:
+        """Synaptic variable holding ``B^l[pre, post]``: ``wb`` (own matrix) or ``w`` (``B = W^T``)."""
+        return "wb" if self.separate_backward else "w"
+
+    @property
+    def learns_backward(self) -> bool:
+        """Whether ``B`` changes during training."""
+        return self.tied or bool(self.train_primitives) or self.mirror or self.sign
+
+    def feedback_source(self, layer: int, n_layers: int) -> int:
+        """Layer whose activity drives the feedback into hidden ``layer``."""
+        return n_layers if self.direct else layer + 1
+
+    def backward_holder(self, layer: int, n_layers: int) -> str | None:
+        """Name of the Synapses holding ``B^layer`` in ``wb`` (None: not simulated, or ``B = W^T``)."""
+        if not self.separate_backward:
+            return None
+        if self.direct:
+            return f"direct{layer}" if layer >= 1 else None
+        return f"proj{layer}"
+
+    def backward_arrays(self, B: list) -> dict:
+        """Run-time arrays of the backward matrices: ``{"<holder>.wb": B^l[pre, post] by synapse}``."""
+        n_layers = len(B)
+        out = {}
+        for l in range(n_layers):
+            holder = self.backward_holder(l, n_layers)
+            if holder is not None:
+                out[f"{holder}.wb"] = B[l].T.ravel()  # synapse k = (post, pre) holds B[pre, post]
+        return out
+
+    def backward_from_results(self, raw: dict, W: list, previous: list) -> list:
+        """The backward matrices after a run: from the holders' ``wb``, else ``W^T`` (or unchanged)."""
+        n_layers = len(W)
+        out = []
+        for l in range(n_layers):
+            holder = self.backward_holder(l, n_layers)
+            if holder is not None:
+                n_source = W[self.feedback_source(l, n_layers) - 1].shape[0]
+                out.append(raw[f"{holder}.wb"].reshape(n_source, W[l].shape[1]).T.copy())
+            elif self.separate_backward:
+                out.append(previous[l].copy())
+            else:
+                out.append(W[l].T.copy())
+        return out
+
+    def initial_backward(self, W: list, rng: np.random.Generator, std: float) -> list:
+        """Initial ``B^l`` of shape ``(n_l, n_source)``, ``l = 0..L-1``."""
+        if not self.separate_backward:
+            return [w.T.copy() for w in W]
+        n_layers = len(W)
+        sizes = [W[0].shape[1]] + [w.shape[0] for w in W]
+        return [rng.normal(0.0, std, size=(sizes[l], sizes[self.feedback_source(l, n_layers)])) for l in range(n_layers)]
+
+    def forward_decay(self) -> float:
+        """Decay ``lambda`` of the forward weights per update (``w <- w - lr (dw + lambda w)``)."""
+        return 0.0
+
+    def plasticity_scalars(self, lr: float, sizes) -> list:
+        """Per projection ``l``, the values of `PLASTICITY_SCALARS` (run-time)."""
+        return [dict.fromkeys(PLASTICITY_SCALARS, 0.0) | {"wdecay": self.forward_decay()} for _ in range(len(sizes) - 1)]
+
+    def mirror_shape(self) -> tuple:
+        """``(steps, samples)`` of the mirror phase per batch (weight mirror only)."""
+        return (0, 0)
+
+    def mirror_noise(self, rng: np.random.Generator, n_batches: int, sizes) -> dict:
+        """Noise of the mirror phases of ``n_batches`` batches, ``{l: (n_batches, steps, samples, n_l)}``."""
+        return {}
+
+    # ------------------------------------------------------------------ relaxation code (Brian2)
+
+    @property
+    def derivative_variable(self) -> str:
+        """The neuron variable holding ``f'`` in the relaxation and the update."""
+        return "fp" if self.frozen_forward else "fpnow"
+
+    @property
+    def presynaptic_activity(self) -> str:
+        """The neuron variable of the pre-synaptic activity in the update."""
+        return "xbar" if self.frozen_forward else "x"
+
+    @property
+    def synapse_equations(self) -> str:
+        return "wb : 1" if self.separate_backward else ""
+
+    def feedback_expression(self) -> str:
+        """Right-hand side summed into ``fb_pre`` (``projection = "synapses"``)."""
+        carried = f"x_post * {self.derivative_variable}_post" if self.derivative else "x_post"
+        return f"{self.backward_variable} * {carried}"
+
+    def projection_equations(self) -> str:
+        """Synaptic equations of a summed projection: the rule's own plus, when relaxed, the current drive."""
+        lines = [self.synapse_equations]
+        if not self.frozen_forward:
+            lines.append("anow_post = w * x_pre : 1 (summed)")
+        return "\n".join(line for line in lines if line)
+
+    def accumulate_code(self) -> str:
+        """Synaptic code adding one sample's update to ``dw_acc`` (``projection = "synapses"``)."""
+        return f"dw_acc += x_post * {self.derivative_variable}_post * {self.presynaptic_activity}_pre"
+
+    def bias_accumulate_code(self) -> str:
+        """Neuron code adding one sample's bias update to ``db_acc`` (``projection = "synapses"``)."""
+        return f"db_acc += learn_bias * x * {self.derivative_variable}"
+
+    def apply_code(self) -> str:
+        """Synaptic code applying the accumulated update at a batch boundary (``projection = "synapses"``).
+
+        ``apply_update_post`` is 1 at the first step after a batch and 0
+        otherwise; multiplying by it (instead of branching) keeps every value
+        exact: ``w - 0 * u == w`` and ``acc * 0 == 0`` for finite numbers.
+        """
+        lines = ["w = w - apply_update_post * lr_post * dw_acc"]
+        if self.tied:
+            lines.append("wb = wb - apply_update_post * lr_post * dw_acc")
+        lines.append("dw_acc = dw_acc * (1 - apply_update_post)")
+        return "\n".join(lines)
+
+    # ------------------------------------------------------------------ numpy reference
+
+    def reference_relax(self, B, xbar, fp, e, eta: float, n_steps: int, current_fp=None) -> list:
+        """Relax the hidden layers of a batch (rows are samples) for ``n_steps`` Euler steps.
+
+        ``current_fp(l, x_below)`` gives ``f'(W^{l-1} x^{l-1} + b^{l-1})`` for the
+        relaxed forward pass (None: the stored ``fp``).
+        """
+        from ..reference import initial_state
+
+        n_layers = len(xbar) - 1
+        x = initial_state(xbar, e, 1.0)
+
+        def drive(layer):
+            source = self.feedback_source(layer, n_layers)
+            if not self.derivative:
+                return x[source] @ B[layer].T
+            slope = fp[source] if current_fp is None else current_fp(source, x[source - 1])
+            return (x[source] * slope) @ B[layer].T
+
+        for _ in range(n_steps):
+            if self.ordering == "synchronous":
+                fb = [drive(l) for l in range(1, n_layers)]
+                for l in range(1, n_layers):
+                    x[l] = x[l] + eta * (fb[l - 1] - x[l])
+            else:
+                for l in range(n_layers - 1, 0, -1):
+                    x[l] = x[l] + eta * (drive(l) - x[l])
+        return x
+
+    def reference_update(self, config: dict, W, b, B, x_in, targets):
+        """The rule's summed local update of one minibatch and what the backward step needs.
+
+        Returns
+        -------
+        dW, db : list of ndarray
+            ``sum_s delta^{l+1}_s pre^l_s^T`` and ``sum_s delta^{l+1}_s`` (no learning rate, no sign).
+        xbar : list of ndarray
+            The batch's forward activity (the amp/null primitives use it).
+        """
+        from .. import oracle
+        from ..activations import get_activation
+        from ..config import n_relax_steps
+
+        hidden = get_activation(config["activation"], config["leaky_slope"])
+        output = get_activation(config["output_activation"], config["leaky_slope"])
+        fwd = oracle.forward(W, b, x_in, hidden, output, config["loss"])
+        e = oracle.output_error(fwd.xbar[-1], targets, config["loss"])
+        n_layers = len(W)
+
+        def current_fp(layer, x_below):
+            act = output if layer == n_layers else hidden
+            return act.fprime(x_below @ W[layer - 1].T + b[layer - 1])
+
+        relaxed = not self.frozen_forward
+        x = self.reference_relax(B, fwd.xbar, fwd.fp, e, config["dt"] / config["tau"], n_relax_steps(config),
+                                 current_fp=current_fp if relaxed else None)
+        if relaxed:
+            delta = [x[l + 1] * current_fp(l + 1, x[l]) for l in range(n_layers)]
+            pre = x
+        else:
+            delta = [x[l + 1] * fwd.fp[l + 1] for l in range(n_layers)]
+            pre = fwd.xbar
+        return [d.T @ pre[l] for l, d in enumerate(delta)], [d.sum(axis=0) for d in delta], fwd.xbar
+
+    def reference_epoch(self, config: dict, params, x_in: np.ndarray, targets: np.ndarray, noise: dict | None = None,
+                        after_batch=None):
+        """One epoch of the rule's minibatch SGD on the rows of ``x_in`` (numpy, float64).
+
+        Parameters
+        ----------
+        config : dict
+            Resolved config.
+        params : arsim.training.Params
+            Weights at the start (not modified).
+        noise : dict, optional
+            Mirror noise ``{l: (n_batches, steps, samples, n_l)}`` of these batches.
+        after_batch : callable, optional
+            ``after_batch(batch_index, params)`` after every update.
+        """
+        from . import primitives
+
+        batch, lr = config["train.batch_size"], config["train.lr"]
+        sizes = config["sizes"]
+        scalars = self.plasticity_scalars(lr, sizes)
+        new = params.copy()
+        for index, start in enumerate(range(0, len(x_in) - batch + 1, batch)):
+            stop = start + batch
+            dW, db, xbar = self.reference_update(config, new.W, new.b, new.B, x_in[start:stop], targets[start:stop])
+            for l in range(len(new.W)):
+                s = scalars[l]
+                W_old = new.W[l]
+                new.W[l] = W_old - lr * (dW[l] + s["wdecay"] * W_old)
+                if config["bias"]:
+                    new.b[l] = new.b[l] - lr * db[l]
+                if not self.separate_backward:
+                    new.B[l] = new.W[l].T.copy()
+                    continue
+                if self.direct and l == 0:
+                    continue  # D^0 would feed the input, which does not relax
+                B = new.B[l]
+                if self.tied or self.train_primitives:
+                    grad = primitives.backward_gradient(
+                        B, W_old, xbar[l], dW[l], tied=s["c_tied"] if self.tied else 0.0,
+                        decay=s["c_decay"], amp=s["c_amp"], null=s["c_null"],
+                    )
+                    B = B - s["eta_b"] * grad
+                if self.sign:
+                    B = s["b_scale"] * np.sign(new.W[l]).T
+                if self.mirror and l >= 1:
+                    for x_noise in noise[l][index]:
+                        grad = primitives.backward_gradient(B, new.W[l], x_noise, None, decay=s["m_decay"], amp=s["m_amp"])
+                        B = B - s["m_eta"] * grad
+                new.B[l] = B
+            if after_batch is not None:
+                after_batch(index, new)
+        return new
