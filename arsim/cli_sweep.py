@@ -32,7 +32,7 @@ def register(subparsers) -> None:
         " commas outside brackets, e.g. --grid tau=5.0,10.0 --grid 'sizes=[4,3,2],[8,4,2]'. Derived keys:"
         " depth (with width) sets sizes, eta sets dt = eta * tau, steps sets duration = steps * dt.",
     )
-    sweep.add_argument("model", help="model file (TOML), e.g. models/quick.toml")
+    sweep.add_argument("model", help="model file (TOML) or bundled model name (arsim models), e.g. quick")
     sweep.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...", help="a cartesian axis")
     sweep.add_argument("--zip", action="append", default=[], metavar="KEY=V1,V2,...", help="zipped axes (equal lengths), one more axis together")
     sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key of every point")
@@ -71,11 +71,12 @@ def _command_line(args) -> str:
 
 def _cmd_sweep(args) -> int:
     from .config import ConfigError
+    from .models import resolve_model
     from .store import Store
     from .sweep import check_engine, make_engine, plan_sweep, run_sweep
 
     check_engine(args.engine, args.jobs, args.scheduler)
-    plan = plan_sweep(args.model, grid=args.grid, zipped=args.zip, sets=args.set, repeat=args.repeat, command=args.command)
+    plan = plan_sweep(resolve_model(args.model), grid=args.grid, zipped=args.zip, sets=args.set, repeat=args.repeat, command=args.command)
     if args.store is not None and Path(args.store).suffix not in (".sqlite", ".db", ".sqlite3"):
         raise ConfigError(f"--store {args.store}: expected a file name ending in .sqlite")
     if args.build_dir is not None and not Path(args.build_dir).is_dir():
@@ -123,9 +124,13 @@ def _dry_run(plan, store_path: Path) -> int:
 
 
 def _print_plan(plan, groups, done, store_path) -> None:
-    print(f"{len(plan.points)} points ({sum(p.hash in done for p in plan.points)} already in {store_path}), {len(groups)} builds")
+    builds = sum(topo is not None for topo in groups)
+    print(f"{len(plan.points)} points ({sum(p.hash in done for p in plan.points)} already in {store_path}), {builds} builds")
     for topo, points in groups.items():
-        print(f"build sizes={list(topo.sizes)} feedback={topo.feedback} max_relax={topo.max_relax}: {len(points)} points")
+        if topo is None:  # a command or rule without a Brian2 build (numpy only)
+            print(f"no build: {len(points)} points")
+        else:
+            print(f"build sizes={list(topo.sizes)} feedback={topo.feedback} max_relax={topo.max_relax}: {len(points)} points")
         for point in points:
             mark = "done" if point.hash in done else "todo"
             print(f"  {point.hash}  {mark}  {point.values}")
@@ -150,6 +155,34 @@ def _swept_keys(records) -> list:
     return keys
 
 
+def _summary_columns(records):
+    """The summary metrics to print for commands other than relax (`Command.columns`), or None (relax's table)."""
+    from .sweep import COMMANDS
+
+    commands = list(dict.fromkeys(record["command"] for record in records))
+    if not commands or commands == ["relax"]:
+        return None
+    shown = []
+    for name in commands:
+        columns = COMMANDS[name].columns if name in COMMANDS else ()
+        shown += [c for c in columns if c not in shown]
+    return shown
+
+
+def _fmt_metric(value) -> str:
+    # counts (steps, epochs) are stored as REAL: print them whole
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return _fmt(value)
+
+
+def _print_table(header, rows) -> None:
+    widths = [max(len(str(c)) for c in column) for column in zip(header, *rows)]
+    print("  ".join(h.rjust(w) for h, w in zip(header, widths)))
+    for row in rows:
+        print("  ".join(str(c).rjust(w) for c, w in zip(row, widths)))
+
+
 def _cmd_results(args) -> int:
     from .io import atomic_write_bytes
     from .store import Store
@@ -164,6 +197,15 @@ def _cmd_results(args) -> int:
     keys = _swept_keys(records)
     if args.csv is not None:
         atomic_write_bytes(args.csv, _csv_text(records, keys).encode())
+    shown = _summary_columns(records)
+    if shown is not None:
+        _print_table(["hash", "status", *keys, *shown, "run[s]"], [
+            [record["hash"][:10], record["status"], *(_fmt(record_values(record).get(k)) for k in keys),
+             *(_fmt_metric(record["summary"].get(k)) for k in shown), _fmt(record["run_seconds"])]
+            for record in records
+        ])
+        print(f"{len(records)} points" + (f" (csv: {args.csv})" if args.csv else ""))
+        return 0
     header = ["hash", "status", *keys, "t_conv[tau] l=1..L", "x err max", "dW cos min", "run[s]"]
     rows = []
     for record in records:

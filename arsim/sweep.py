@@ -1,10 +1,12 @@
 """Parameter sweeps: grid expansion, compile-once scheduling, engines.
 
 A sweep is a list of points, each a fully resolved config
-(`arsim.config.resolve`), run by one *command* (``relax``; the registry
-`COMMANDS` takes more). The whole grid is expanded and validated before
-anything is built, so an unknown key or a value of the wrong type stops the
-sweep with one line and no compilation.
+(`arsim.config.resolve`), run by one *command* of the registry `COMMANDS`:
+``relax`` (the relaxation of `arsim relax`), ``train`` (`arsim.experiment.train`,
+to pick hyper-parameters) or ``sxl`` (the Song-Xu-Lafferty study, numpy
+only, no build). The whole grid is expanded and validated before anything
+is built, so an unknown key or a value of the wrong type stops the sweep
+with one line and no compilation.
 
 Compile once
     Points are grouped by their build key (the `arsim.network.Topology`
@@ -33,6 +35,7 @@ import collections
 import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import itertools
 import math
 import os
@@ -45,6 +48,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Hashable
+
+import numpy as np
 
 from . import __version__
 from .config import SCHEMA, ConfigError, _flatten, n_relax_steps, parse_override, resolve
@@ -179,7 +184,8 @@ class Command:
     ----------
     shape : callable
         ``shape(config)``: the build key without the step budget (hashable);
-        points with equal shapes share one build.
+        points with equal shapes share one build. None: the point needs no
+        build (numpy only); it runs at once, with ``runner = None``.
     budget : callable
         ``budget(config)``: relaxation steps the point needs.
     topology : callable
@@ -187,14 +193,24 @@ class Command:
     run : callable
         ``run(config, runner, want_arrays) -> dict`` with ``layers`` (list of
         per-layer metric dicts), ``summary`` (numeric metrics), ``arrays``
-        (dict or None) and ``run_seconds`` (simulation time). A
+        (dict or None) and ``run_seconds`` (simulation time); optionally
+        ``compile_seconds`` (time the run spent compiling a build itself). A
         FloatingPointError (NaN/Inf) is recorded as status ``diverged``.
+    check : callable, optional
+        ``check(config, source)``: what `arsim.config.resolve` cannot check
+        for this command; raises a one-line `ConfigError` while the sweep is
+        planned, before anything runs.
+    columns : tuple of str
+        Summary metrics ``arsim results`` prints for this command (empty:
+        relax's per-layer table).
     """
 
-    shape: Callable[[dict], Hashable]
+    shape: Callable[[dict], Hashable | None]
     budget: Callable[[dict], int]
     topology: Callable[[Hashable, int], Any]
     run: Callable[[dict, Any, bool], dict]
+    check: Callable[[dict, str], None] | None = None
+    columns: tuple = ()
 
 
 def _relax_shape(config):
@@ -225,13 +241,154 @@ def _relax_run(config: dict, runner, want_arrays: bool) -> dict:
     }
 
 
-#: sweepable commands by name; ``train`` is one more entry
+def _no_build(config):
+    return None
+
+
+def _sxl_check(config: dict, source: str) -> None:
+    from .studies.song_xu_lafferty import check_config
+
+    check_config(config, source)
+
+
+def _sxl_run(config: dict, runner, want_arrays: bool) -> dict:
+    """The Song-Xu-Lafferty study (numpy; `arsim.studies.song_xu_lafferty`)."""
+    from .studies.song_xu_lafferty import run_config
+
+    _, result, summary = run_config(config)
+    arrays = None
+    if want_arrays:
+        arrays = {"step": result.step, "loss": result.loss, "alignment": result.alignment}
+    return {"layers": [], "summary": summary, "arrays": arrays, "run_seconds": result.seconds}
+
+
+#: samples per standalone run of a training point (experiment.train's max_run_samples)
+TRAIN_RUN_SAMPLES = 1024
+
+
+@functools.lru_cache(maxsize=256)
+def _n_train(data: str, seed: int, test_fraction: float, max_samples: int, n_in: int, n_out: int, batch: int) -> int:
+    from .experiment import dataset_for
+
+    # dataset_for also checks the data against sizes and the batch size (one-line ConfigError)
+    return dataset_for({"train.data": data, "seed": seed, "train.test_fraction": test_fraction,
+                        "train.max_samples": max_samples, "sizes": [n_in, n_out], "train.batch_size": batch}).n_train
+
+
+def _train_shape(config):
+    """The build `experiment.train` uses for ``config`` (None for a rule without one, e.g. bp)."""
+    from .rules import RULES
+    from .training import chunk_batches, train_topology
+
+    if not RULES[config["rule"]].simulated:
+        return None
+    batch = config["train.batch_size"]
+    n_train = _n_train(config["train.data"], config["seed"], config["train.test_fraction"], config["train.max_samples"],
+                       config["sizes"][0], config["sizes"][-1], batch)
+    # the topology experiment.train builds itself (its chunking, the config's own step budget): the
+    # sweep compiles it once, and train finds it in the build cache
+    return train_topology(config, chunk_batches(n_train // batch, batch, TRAIN_RUN_SAMPLES) * batch)
+
+
+_BUILD_ENV_LOCK = threading.Lock()
+_BUILD_ENV_USERS = [0, None]  # runs inside _build_dir_env, the variable's value before the first
+
+
+@contextlib.contextmanager
+def _build_dir_env(runner):
+    """Point ``$ARSIM_BUILD_DIR`` at ``runner``'s build root while a training runs.
+
+    `experiment.train` takes no runner; it builds its own from the build
+    cache that ``$ARSIM_BUILD_DIR`` names. Setting it to the root the sweep
+    compiled into (``--build-dir``) makes it find that build. Every point of
+    a sweep has the same root, so concurrent threads agree on the value; the
+    old value comes back when the last of them is done.
+    """
+    if runner is None:
+        yield
+        return
+    with _BUILD_ENV_LOCK:
+        if _BUILD_ENV_USERS[0] == 0:
+            _BUILD_ENV_USERS[1] = os.environ.get("ARSIM_BUILD_DIR")
+        _BUILD_ENV_USERS[0] += 1
+        os.environ["ARSIM_BUILD_DIR"] = str(runner.directory.parent)
+    try:
+        yield
+    finally:
+        with _BUILD_ENV_LOCK:
+            _BUILD_ENV_USERS[0] -= 1
+            if _BUILD_ENV_USERS[0] == 0:
+                if _BUILD_ENV_USERS[1] is None:
+                    os.environ.pop("ARSIM_BUILD_DIR", None)
+                else:
+                    os.environ["ARSIM_BUILD_DIR"] = _BUILD_ENV_USERS[1]
+
+
+def _train_run(config: dict, runner, want_arrays: bool) -> dict:
+    """Train the point's config (`arsim.experiment.train`) in a temporary directory.
+
+    Summary: the final ``test_accuracy``, ``train_loss``, ``train_accuracy``
+    and ``test_loss``, the ``best_test_accuracy`` over the trained epochs and
+    its ``best_epoch``, ``epochs``, ``train_seconds`` and
+    ``samples_per_second``. One ``layers`` row per epoch (``layer`` = epoch,
+    0 = untrained) with the metric row of ``metrics.csv``; arrays: those
+    columns by epoch plus the final weights ``W{l}``, ``b{l}``, ``B{l}``.
+    """
+    import tempfile
+
+    from .devices import BUILD_COUNTER
+    from .experiment import train
+
+    compiled_before = BUILD_COUNTER["compiled"]
+    with tempfile.TemporaryDirectory(prefix="arsim_sweep_train_") as out_dir, _build_dir_env(runner):
+        result = train(config, out_dir, progress=False, max_run_samples=TRAIN_RUN_SAMPLES)
+    rows = [dict(row) for row in result.rows]
+    trained = rows[1:] or rows
+    best = max(trained, key=lambda row: row["test_accuracy"])
+    final = rows[-1]
+    summary = {
+        "test_accuracy": final["test_accuracy"],
+        "train_loss": final["train_loss"],
+        "train_accuracy": final["train_accuracy"],
+        "test_loss": final["test_loss"],
+        "best_test_accuracy": best["test_accuracy"],
+        "best_epoch": best["epoch"],
+        "epochs": final["epoch"],
+        "train_seconds": result.train_seconds,
+        "samples_per_second": result.samples_per_second,
+    }
+    arrays = None
+    if want_arrays:
+        columns = {key: np.array([row.get(key, np.nan) for row in rows]) for key in rows[0]}
+        arrays = {**columns, **result.params.arrays()}
+    return {
+        "layers": [{"layer": row["epoch"], **row} for row in rows],
+        "summary": summary,
+        "arrays": arrays,
+        "run_seconds": result.train_seconds,
+        # a build the sweep did not compile (its topology differs from train's own): count it
+        "compile_seconds": result.compile_seconds if BUILD_COUNTER["compiled"] > compiled_before else 0.0,
+    }
+
+
+#: sweepable commands by name
 COMMANDS: dict[str, Command] = {
     "relax": Command(
         shape=_relax_shape,
         budget=n_relax_steps,
         topology=lambda shape, steps: dataclasses.replace(shape, max_relax=steps),
         run=_relax_run,
+    ),
+    # training runs compile the build experiment.train itself uses (its own step budget): points that
+    # differ in run-time keys (train.lr, seed, ...) share it; the bp rule needs no build
+    "train": Command(
+        shape=_train_shape, budget=n_relax_steps, topology=lambda shape, steps: shape, run=_train_run,
+        columns=("test_accuracy", "best_test_accuracy", "train_accuracy", "train_loss", "epochs"),
+    ),
+    # the Song-Xu-Lafferty study: numpy only, no build
+    "sxl": Command(
+        shape=_no_build, budget=lambda config: 0, topology=lambda shape, steps: None, run=_sxl_run, check=_sxl_check,
+        columns=("n_steps", "final_mse", "alignment", "loss_decay_rate"),
     ),
 }
 
@@ -310,13 +467,13 @@ class SweepPlan:
     duplicates: int = 0
 
     def groups(self, points=None) -> dict:
-        """Map each build `Topology` to its points (all points by default)."""
+        """Map each build `Topology` to its points (all points by default); None holds those without a build."""
         command = COMMANDS[self.command]
         by_shape = collections.defaultdict(list)
         for point in self.points if points is None else points:
             by_shape[command.shape(point.config)].append(point)
         return {
-            command.topology(shape, max(command.budget(p.config) for p in group)): group
+            (None if shape is None else command.topology(shape, max(command.budget(p.config) for p in group))): group
             for shape, group in by_shape.items()
         }
 
@@ -423,6 +580,8 @@ def plan_sweep(
         source = f"{model} with {described}"
         raw = _apply_derived({**base, **plain}, derived, source)
         config = resolve(raw, source=source)
+        if COMMANDS[command].check is not None:
+            COMMANDS[command].check(config, source)
         for r in range(repeat):
             point_config = dict(config, seed=config["seed"] + r) if repeat > 1 else config
             point_values = dict(values, seed=point_config["seed"]) if repeat > 1 else dict(values)
@@ -501,7 +660,7 @@ def run_point(command: str, config: dict, topology, build_root=None, want_arrays
         had to compile), ``topology`` (build directory name) and ``worker``.
     """
     started = time.perf_counter()
-    if expected_build is not None:
+    if expected_build is not None and topology is not None:
         from .devices import _topology_hash
 
         if _topology_hash(topology) != expected_build:
@@ -509,7 +668,8 @@ def run_point(command: str, config: dict, topology, build_root=None, want_arrays
                 f"this worker's arsim/Brian2 code differs from the code that compiled build {expected_build}"
                 " (sources edited during the sweep, or another installation); rerun the sweep"
             )
-    runner, compiled = _private_runner(topology, build_root)
+    # topology None: a point without a build (numpy only)
+    runner, compiled = _private_runner(topology, build_root) if topology is not None else (None, 0.0)
     try:
         out = COMMANDS[command].run(config, runner, want_arrays)
         out.update(status="ok", error=None)
@@ -519,8 +679,8 @@ def run_point(command: str, config: dict, topology, build_root=None, want_arrays
         out = {"status": "diverged", "error": str(err), "layers": [], "summary": {}, "arrays": None, "run_seconds": float("nan")}
     out.update(
         point_seconds=time.perf_counter() - started,
-        compile_seconds=compiled,
-        topology=runner.directory.name,
+        compile_seconds=compiled + out.pop("compile_seconds", 0.0),
+        topology=None if runner is None else runner.directory.name,
         worker=_worker_name(),
     )
     return out
@@ -790,6 +950,7 @@ def run_sweep(
     report.points_total = len(plan.points)
     report.points_skipped = report.points_total - len(pending)
     groups = plan.groups(pending)
+    unbuilt = groups.pop(None, [])  # points without a build run at once
     report.builds = len(groups)
     git_revision = provenance({}).get("git_revision") if pending else None
     build_root = None if build_root is None else str(Path(build_root).resolve())
@@ -801,7 +962,7 @@ def run_sweep(
     # builds before further builds: results (and a useful ETA) arrive while
     # other shapes compile, instead of every point queueing behind every build.
     to_compile = collections.deque(groups)
-    ready = collections.deque()  # (point, topology, build name)
+    ready = collections.deque((point, None, None) for point in unbuilt)  # (point, topology, build name)
     compiling, running = {}, {}
     builds_done = 0
 

@@ -1,0 +1,1 @@
+"""Numerical studies that reproduce published results outside the Brian2 model (numpy only)."""
