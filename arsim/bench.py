@@ -289,6 +289,13 @@ def run_bench(sizes: list, steps: int = 100, repeat: int = 5, train_samples: int
     if threads is not None:
         # the standalone runner passes the environment to the binary (default 1 thread)
         os.environ["OPENBLAS_NUM_THREADS"] = str(threads)
+    from . import torch_peer
+
+    if torch_peer.available():
+        import torch
+
+        # the torch peer computes with the same number of threads as the other two sides
+        torch.set_num_threads(1 if threads is None else threads)
     result = {
         "sizes": list(sizes),
         "repeat": repeat,
