@@ -58,6 +58,8 @@ the live arrays on that target.
 
 from __future__ import annotations
 
+import numpy as np
+
 from .rules.base import PLASTICITY_SCALARS
 
 
@@ -77,7 +79,6 @@ def _standalone() -> bool:
 
 def _real() -> str:
     """C++ type of Brian2's floating-point arrays (``prefs.core.default_float_dtype``)."""
-    import numpy as np
     from brian2 import prefs
 
     return "float" if np.dtype(prefs.core.default_float_dtype) == np.float32 else "double"
@@ -580,8 +581,6 @@ def add_dense_plasticity(syn, pre, post, rule, act_fp, copies: int, sample_dt, a
             if v in syn.variables:
                 syn.variables[v].get_value()[:] = 0.0
         return tick
-
-    import numpy as np
 
     accumulate_function = _function(numpy_accumulate, ["float", "integer", "integer", "float", "float"])
     apply_function = _function(numpy_apply, ["float", "integer", "integer", "integer"] + ["float"] * 11)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from .base import Param, Rule, at_least_one, non_negative, positive, register
 
 __all__ = ["WeightMirror"]
@@ -35,14 +33,14 @@ not relax) and is not mirrored.
         "mirror_steps": Param(int, 1, "K", "mirror updates per batch", at_least_one, build=True),
     }
 
+    mirror = True
+
     def plasticity_scalars(self, lr, sizes):
         rows = super().plasticity_scalars(lr, sizes)
         s = self.settings
         for row in rows:
             row.update(m_eta=s["eta"], m_decay=s["alpha"], m_amp=s["beta"])
         return rows
-
-    mirror = True
 
     def mirror_shape(self):
         return (self.settings["mirror_steps"], self.settings["mirror_samples"])
