@@ -67,8 +67,11 @@ from arsim.devices import get_runner  # noqa: E402
 from arsim import figure_script  # noqa: E402
 from arsim.figure_script import store_data  # noqa: E402
 from arsim.io import provenance  # noqa: E402
-from arsim.network import topology_from_config  # noqa: E402
+from arsim.network import topology_for  # noqa: E402
 from arsim.relax import run_relaxation  # noqa: E402
+from arsim.spec import Experiment  # noqa: E402
+
+E = Experiment.from_config
 
 NAME = "convergence_vs_depth"
 ROOT = Path(__file__).resolve().parents[1]
@@ -135,7 +138,7 @@ def simulate(quick: bool = False) -> tuple[dict, dict]:
     for d, depth in enumerate(depths):
         configs = {start: net_config(depth, shape, start) for start in ("zero", "forward")}
         # the initial state is a run-time parameter: one build per depth
-        runner = get_runner(topology_from_config(configs["zero"]))
+        runner = get_runner(topology_for(E(configs["zero"])))
         compile_seconds += runner.compile_seconds
         for start, config in configs.items():
             res = run_relaxation(config, runner=runner)
@@ -167,7 +170,7 @@ def simulate(quick: bool = False) -> tuple[dict, dict]:
         }
     )
     meta = {
-        **provenance(configs["forward"]),
+        **provenance(E(configs["forward"])),
         "script": NAME,
         "quick": quick,
         "scan": {"depths": depths, "initial_state": ["zero", "forward"], "other keys": "as config, sizes per depth"},

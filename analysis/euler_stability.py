@@ -55,8 +55,11 @@ from arsim.devices import get_runner  # noqa: E402
 from arsim import figure_script  # noqa: E402
 from arsim.figure_script import store_data  # noqa: E402
 from arsim.io import provenance  # noqa: E402
-from arsim.network import topology_from_config  # noqa: E402
+from arsim.network import topology_for  # noqa: E402
 from arsim.relax import run_relaxation  # noqa: E402
+from arsim.spec import Experiment  # noqa: E402
+
+E = Experiment.from_config
 
 NAME = "euler_stability"
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,7 +123,7 @@ def simulate(quick: bool = False) -> tuple[dict, dict]:
     started = time.perf_counter()
     shape = QUICK if quick else FULL
     configs = [scan_config(shape, n) for n in shape["steps"]]
-    runner = get_runner(topology_from_config(configs[0], max_relax=shape["max_relax"]))
+    runner = get_runner(topology_for(E(configs[0]), max_relax=shape["max_relax"]))
     hidden = list(range(1, len(shape["sizes"]) - 1))
     err = np.full((len(configs), len(hidden), max(shape["steps"]) + 1), np.nan)
     for i, config in enumerate(configs):
@@ -143,7 +146,7 @@ def simulate(quick: bool = False) -> tuple[dict, dict]:
         "err_final": err[np.arange(len(configs)), :, n_steps],
     }
     meta = {
-        **provenance(configs[0]),
+        **provenance(E(configs[0])),
         "script": NAME,
         "quick": quick,
         "scan": {"T_tau": shape["T_tau"], "n_steps": shape["steps"], "eta": arrays["eta"].tolist(), "dt": "eta * tau"},

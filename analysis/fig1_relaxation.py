@@ -48,8 +48,11 @@ from arsim.devices import get_runner  # noqa: E402
 from arsim import figure_script  # noqa: E402
 from arsim.figure_script import store_data  # noqa: E402
 from arsim.io import provenance  # noqa: E402
-from arsim.network import topology_from_config  # noqa: E402
+from arsim.network import topology_for  # noqa: E402
 from arsim.relax import run_relaxation  # noqa: E402
+from arsim.spec import Experiment  # noqa: E402
+
+E = Experiment.from_config
 
 NAME = "fig1_relaxation"
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,7 +93,7 @@ def simulate(quick: bool = False) -> tuple[dict, dict]:
     keys = {**config, "duration": SHOWN_TAU * config["tau"], **(QUICK_KEYS if quick else {})}
     config = resolve(keys, source=f"{MODEL.name} ({NAME})")
     steps = n_relax_steps(config)
-    runner = get_runner(topology_from_config(config, max_relax=QUICK_MAX_RELAX if quick else steps))
+    runner = get_runner(topology_for(E(config), max_relax=QUICK_MAX_RELAX if quick else steps))
     res = run_relaxation(config, runner=runner)
 
     n_layers = len(res.problem.W)
@@ -127,7 +130,7 @@ def simulate(quick: bool = False) -> tuple[dict, dict]:
         for i, l in enumerate(hidden)
     ]
     meta = {
-        **provenance(config),
+        **provenance(E(config)),
         "script": NAME,
         "quick": quick,
         "layers": summary,

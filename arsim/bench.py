@@ -50,13 +50,11 @@ import time
 import numpy as np
 
 from . import __version__, oracle
-from .activations import get_activation
-from .config import resolve
 from .devices import StandaloneRunner
-from .network import Topology, topology_from_config
+from .network import Topology, topology_for
 from .reference import relax_euler
 from .relax import draw_problem, network_params
-from .rules import rule_from_config
+from .spec import Experiment
 from .training import BrianTrainer, epoch_order, init_params, train_topology
 
 __all__ = ["run_bench", "format_table"]
@@ -66,22 +64,22 @@ def _stats(values: list) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
 
 
-def _relax_topology(config: dict, n_samples: int) -> Topology:
-    """The relaxation build of ``config`` for ``n_samples`` samples per run, without monitors."""
-    return dataclasses.replace(topology_from_config(config, n_samples=n_samples), record_variables=())
+def _relax_topology(experiment: Experiment, n_samples: int) -> Topology:
+    """The relaxation build of ``experiment`` for ``n_samples`` samples per run, without monitors."""
+    return dataclasses.replace(topology_for(experiment, n_samples=n_samples), record_variables=())
 
 
-def _numpy_dtype(config: dict):
+def _numpy_dtype(experiment: Experiment):
     """The numpy side computes in the network's precision, so both do the same work."""
-    return np.float32 if config["precision"] == "float32" else np.float64
+    return np.float32 if experiment.network.precision == "float32" else np.float64
 
 
-def _check_equal(deviation: float, float32_tolerance: float, config: dict, what: str) -> float:
+def _check_equal(deviation: float, float32_tolerance: float, precision: str, what: str) -> float:
     """Raise unless the two sides agree: 1e-9 in float64, ``float32_tolerance`` in float32.
 
     Returns the tolerance used.
     """
-    tolerance = 1e-9 if config["precision"] == "float64" else float32_tolerance
+    tolerance = 1e-9 if precision == "float64" else float32_tolerance
     if not deviation <= tolerance:
         raise AssertionError(
             f"Brian2 and numpy {what} differ by {deviation:.3g} (> {tolerance:.3g}): the ratio would compare unequal work"
@@ -98,7 +96,7 @@ def _synapse_updates(sizes, steps: int) -> int:
 OVERHEAD_RUNS = 100
 
 
-def bench_relaxation(config: dict, repeat: int, n_samples: int, build_root) -> dict:
+def bench_relaxation(experiment: Experiment, repeat: int, n_samples: int, build_root) -> dict:
     """Relaxation throughput of Brian2 and the numpy loop, and the per-run overhead.
 
     The timed Brian2 run relaxes ``n_samples`` samples one after the other
@@ -108,25 +106,25 @@ def bench_relaxation(config: dict, repeat: int, n_samples: int, build_root) -> d
     `OVERHEAD_RUNS` runs of a one-sample build against the run of
     ``n_samples`` samples.
     """
-    steps = int(round(config["duration"] / config["dt"]))
-    runner = StandaloneRunner(_relax_topology(config, n_samples), cache_dir=build_root)
+    net, rule = experiment.network, experiment.rule
+    steps = net.n_relax_steps
+    runner = StandaloneRunner(_relax_topology(experiment, n_samples), cache_dir=build_root)
     compile_seconds = runner.manifest["compile_seconds"]
-    problem = draw_problem(config)
-    params = network_params(runner.topology, config, problem)
+    problem = draw_problem(experiment)
+    params = network_params(runner.topology, net, problem)
     params["input_values"] = np.tile(problem.x_in, (n_samples, 1))
     params["target_values"] = np.tile(problem.target, (n_samples, 1))
-    hidden = get_activation(config["activation"], config["leaky_slope"])
-    output = get_activation(config["output_activation"], config["leaky_slope"])
-    eta = config["dt"] / config["tau"]
-    dtype = _numpy_dtype(config)
+    hidden, output = net.hidden, net.output
+    eta = net.eta
+    dtype = _numpy_dtype(experiment)
     W, b, B = ([m.astype(dtype) for m in arrays] for arrays in (problem.W, problem.b, problem.B))
     x_in, target = problem.x_in.astype(dtype), problem.target.astype(dtype)
 
     def numpy_relax():
         for _ in range(n_samples):
-            fwd = oracle.forward(W, b, x_in, hidden, output, config["loss"])
-            e = oracle.output_error(fwd.xbar[-1], target, config["loss"])
-            state, _ = relax_euler(B, fwd.xbar, fwd.fp, e, eta, steps, config["derivative"], config["ordering"],
+            fwd = oracle.forward(W, b, x_in, hidden, output, net.loss)
+            e = oracle.output_error(fwd.xbar[-1], target, net.loss)
+            state, _ = relax_euler(B, fwd.xbar, fwd.fp, e, eta, steps, rule.derivative, rule.ordering,
                                    record_every=steps + 1)
         return state
 
@@ -138,15 +136,15 @@ def bench_relaxation(config: dict, repeat: int, n_samples: int, build_root) -> d
         t0 = time.perf_counter()
         state = numpy_relax()
         numpy_times.append(time.perf_counter() - t0)
-    n_layers = len(config["sizes"]) - 1
+    n_layers = net.n_layers
     deviation = max(float(np.max(np.abs(raw[f"layer{l}.x"] - state[l]))) for l in range(1, n_layers))
     scale = max(float(np.max(np.abs(state[l]))) for l in range(1, n_layers))
-    tolerance = _check_equal(deviation, 1e-4 * scale, config, "relaxations")
-    updates = n_samples * _synapse_updates(config["sizes"], steps)
+    tolerance = _check_equal(deviation, 1e-4 * scale, experiment.network.precision, "relaxations")
+    updates = n_samples * _synapse_updates(net.sizes, steps)
     ratios = [n / b for b, n in zip(brian_times, numpy_times)]
 
-    single = StandaloneRunner(_relax_topology(config, 1), cache_dir=build_root)
-    one_params = network_params(single.topology, config, problem)
+    single = StandaloneRunner(_relax_topology(experiment, 1), cache_dir=build_root)
+    one_params = network_params(single.topology, net, problem)
     k = min(n_samples, OVERHEAD_RUNS)
     t0 = time.perf_counter()
     for _ in range(k):
@@ -173,22 +171,23 @@ def bench_relaxation(config: dict, repeat: int, n_samples: int, build_root) -> d
     }
 
 
-def bench_training(config: dict, repeat: int, n_samples: int, build_root) -> dict:
-    """Training throughput of the Brian2 network (``config["train.parallel"]``) and of batched numpy AR."""
-    batch = config["train.batch_size"]
+def bench_training(experiment: Experiment, repeat: int, n_samples: int, build_root) -> dict:
+    """Training throughput of the Brian2 network (``train.parallel``) and of the rule's batched numpy reference."""
+    batch = experiment.training.batch_size
+    sizes = experiment.network.sizes
     n_samples = max(batch, (n_samples // batch) * batch)
-    trainer = BrianTrainer(config, n_samples, runner=StandaloneRunner(train_topology(config, n_samples), cache_dir=build_root))
+    trainer = BrianTrainer(experiment, n_samples, runner=StandaloneRunner(train_topology(experiment, n_samples), cache_dir=build_root))
     compile_seconds = trainer.runner.manifest["compile_seconds"]
-    rng = np.random.default_rng([config["seed"], 9])
-    x = rng.uniform(0.0, 1.0, size=(n_samples, config["sizes"][0]))
-    targets = np.eye(config["sizes"][-1])[rng.integers(config["sizes"][-1], size=n_samples)]
-    order = epoch_order(config, n_samples, 1)
+    rng = np.random.default_rng([experiment.seed, 9])
+    x = rng.uniform(0.0, 1.0, size=(n_samples, sizes[0]))
+    targets = np.eye(sizes[-1])[rng.integers(sizes[-1], size=n_samples)]
+    order = epoch_order(experiment, n_samples, 1)
     x, targets = x[order], targets[order]
-    params = init_params(config)
-    dtype = _numpy_dtype(config)
+    params = init_params(experiment)
+    dtype = _numpy_dtype(experiment)
     numpy_params = params.astype(dtype)
     numpy_x, numpy_targets = x.astype(dtype), targets.astype(dtype)
-    rule = rule_from_config(config)
+    rule = experiment.rule
     noise = trainer.mirror_noise(1, 0)
     brian_times, numpy_times = [], []
     for _ in range(repeat):
@@ -196,7 +195,7 @@ def bench_training(config: dict, repeat: int, n_samples: int, build_root) -> dic
         trained = trainer.run_chunk(params, x, targets, noise=noise).params
         brian_times.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        reference = rule.reference_epoch(config, numpy_params, numpy_x, numpy_targets, noise=noise)
+        reference = rule.reference_epoch(experiment, numpy_params, numpy_x, numpy_targets, noise=noise)
         numpy_times.append(time.perf_counter() - t0)
     deviation = max(
         max(float(np.max(np.abs(a - b))) for a, b in zip(trained.W, reference.W)),
@@ -209,15 +208,15 @@ def bench_training(config: dict, repeat: int, n_samples: int, build_root) -> dic
     # ~1e-4 (measured: numpy float32 against float64 after 11 of 16 batches);
     # work left undone would differ by the order of the weight change itself
     change = max(float(np.max(np.abs(a - b))) for a, b in zip(reference.W, numpy_params.W))
-    tolerance = _check_equal(deviation, 1e-2 * change, config, "training")
+    tolerance = _check_equal(deviation, 1e-2 * change, experiment.network.precision, "training")
     ratios = [n / b for b, n in zip(brian_times, numpy_times)]
-    peer = _bench_torch(config, params, x, targets, trained, repeat, brian_times)
+    peer = _bench_torch(experiment, params, x, targets, trained, repeat, brian_times)
     return {
         **peer,
         "samples": n_samples,
         "batch_size": batch,
         "parallel_copies": trainer.topology.copies,
-        "steps_per_sample": int(round(config["duration"] / config["dt"])),
+        "steps_per_sample": experiment.network.n_relax_steps,
         "brian2_samples_per_second": n_samples / statistics.median(brian_times),
         "numpy_samples_per_second": n_samples / statistics.median(numpy_times),
         "brian2_seconds": _stats(brian_times),
@@ -229,24 +228,25 @@ def bench_training(config: dict, repeat: int, n_samples: int, build_root) -> dic
     }
 
 
-def _bench_torch(config: dict, params, x, targets, trained, repeat: int, brian_times: list) -> dict:
-    """The same batched AR training in PyTorch (float64), when torch is importable and the config is exact AR."""
+def _bench_torch(experiment: Experiment, params, x, targets, trained, repeat: int, brian_times: list) -> dict:
+    """The same batched AR training in PyTorch (float64), when torch is importable and the experiment is exact AR."""
     from . import torch_peer
 
-    if not torch_peer.available() or config["precision"] != "float64":
+    if not torch_peer.available() or experiment.network.precision != "float64":
         return {}
+    batch = experiment.training.batch_size
     try:
-        torch_peer.ar_epoch_torch(config, params.W, params.b, x[:config["train.batch_size"]], targets[:config["train.batch_size"]])
+        torch_peer.ar_epoch_torch(experiment, params.W, params.b, x[:batch], targets[:batch])
     except ValueError:
         return {}  # another rule or switch: the peer writes exact AR only
     times = []
     for _ in range(repeat):
         t0 = time.perf_counter()
-        W, b = torch_peer.ar_epoch_torch(config, params.W, params.b, x, targets)
+        W, b = torch_peer.ar_epoch_torch(experiment, params.W, params.b, x, targets)
         times.append(time.perf_counter() - t0)
     deviation = max(max(float(np.max(np.abs(u - v))) for u, v in zip(W, trained.W)),
                     max(float(np.max(np.abs(u - v))) for u, v in zip(b, trained.b)))
-    _check_equal(deviation, 0.0, config, "training (torch)")
+    _check_equal(deviation, 0.0, experiment.network.precision, "training (torch)")
     return {
         "torch": torch_peer.blas_description(),
         "torch_samples_per_second": len(x) / statistics.median(times),
@@ -256,13 +256,13 @@ def _bench_torch(config: dict, params, x, targets, trained, repeat: int, brian_t
     }
 
 
-def bench_config(sizes: list, steps: int, batch: int, overrides: dict | None = None) -> dict:
+def bench_experiment(sizes: list, steps: int, batch: int, overrides: dict | None = None) -> Experiment:
     """The benchmark network: the paper's training setting on ``sizes``."""
-    return resolve({
+    return Experiment.from_raw({
         "name": "bench", "sizes": sizes, "activation": "relu", "output_activation": "linear", "loss": "mse", "bias": True,
         "init_std": 0.05, "tau": 10.0, "dt": 1.0, "duration": float(steps), "seed": 0,
         "train.batch_size": batch, "train.lr": 5e-4, "train.align_every": 0, **(overrides or {}),
-    })
+    }, "arsim bench")
 
 
 #: training modes timed per projection backend: (result key, train.parallel)
@@ -299,7 +299,7 @@ def run_bench(sizes: list, steps: int = 100, repeat: int = 5, train_samples: int
     result = {
         "sizes": list(sizes),
         "repeat": repeat,
-        "precision": bench_config(sizes, steps, batch, overrides)["precision"],
+        "precision": bench_experiment(sizes, steps, batch, overrides).network.precision,
         "machine": {"cores": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor()},
         "versions": {"arsim": __version__, "numpy": np.__version__, "python": platform.python_version(),
                      "brian2": brian2.__version__, "scipy": scipy.__version__,
@@ -317,17 +317,17 @@ def run_bench(sizes: list, steps: int = 100, repeat: int = 5, train_samples: int
         }
         build_root = fresh if build_root is None else build_root
         for projection in projections:
-            config = bench_config(sizes, steps, batch, {**(overrides or {}), "projection": projection})
+            experiment = bench_experiment(sizes, steps, batch, {**(overrides or {}), "projection": projection})
             part = result.setdefault("projections", {}).setdefault(projection, {})
             if "relax" in parts:
-                part["relaxation"] = bench_relaxation(config, repeat, relax_samples, build_root)
+                part["relaxation"] = bench_relaxation(experiment, repeat, relax_samples, build_root)
             if "train" in parts:
                 for key, parallel in TRAINING_MODES[projection]:
-                    part[key] = bench_training({**config, "train.parallel": parallel}, repeat, train_samples, build_root)
+                    part[key] = bench_training(experiment.replace(**{"train.parallel": parallel}), repeat, train_samples, build_root)
         for rule in rules:
-            config = bench_config(sizes, steps, batch, {**(overrides or {}), "projection": "dense", "rule": rule})
-            result.setdefault("rules", {})[rule] = bench_training({**config, "train.parallel": "batch"}, repeat, train_samples,
-                                                                  build_root)
+            experiment = bench_experiment(sizes, steps, batch, {**(overrides or {}), "projection": "dense", "rule": rule,
+                                                                "train.parallel": "batch"})
+            result.setdefault("rules", {})[rule] = bench_training(experiment, repeat, train_samples, build_root)
     return result
 
 

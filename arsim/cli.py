@@ -25,17 +25,19 @@ def _fmt(value, infinite: str = "inf") -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
-def _print_table(rows: list, config: dict, result, out=sys.stdout) -> None:
-    eta = config["dt"] / config["tau"]
+def _print_table(rows: list, result, out=sys.stdout) -> None:
+    experiment = result.experiment
+    net, rule, probe = experiment.network, experiment.rule, experiment.probe
+    eta = net.eta
     n_steps = len(result.t) and int(round(result.t[-1] / eta))
     print(
-        f"{config['name']}: sizes {config['sizes']}, {config['activation']}/{config['output_activation']},"
-        f" loss {config['loss']}, rule {config['rule']}, feedback {config['feedback']}, derivative {config['derivative']},"
-        f" {config['ordering']}; dt/tau = {eta:g}, {n_steps} steps = {n_steps * eta:g} tau",
+        f"{experiment.name}: sizes {list(net.sizes)}, {net.activation}/{net.output_activation},"
+        f" loss {net.loss}, rule {rule.name}, feedback {rule.feedback}, derivative {rule.derivative},"
+        f" {rule.ordering}; dt/tau = {eta:g}, {n_steps} steps = {n_steps * eta:g} tau",
         file=out,
     )
     header = (
-        "layer", "units", "x rel.err", f"t_conv({config['threshold']:g})", f"x err@{config['report_tau']:g}tau",
+        "layer", "units", "x rel.err", f"t_conv({probe.threshold:g})", f"x err@{probe.report_tau:g}tau",
         "dW cos", "dW angle[deg]", "dW rel.err",
     )
     print("  ".join(f"{h:>14}" for h in header), file=out)
@@ -63,24 +65,25 @@ def _cmd_relax(args) -> int:
     from .io import provenance, save_npz, write_json
     from .models import resolve_model
     from .relax import run_relaxation
+    from .spec import Experiment
 
-    config = config_mod.load(resolve_model(args.model), args.set)
+    experiment = Experiment.from_config(config_mod.load(resolve_model(args.model), args.set))
     if args.save is not None and not Path(args.save).suffix == ".npz":
         raise ConfigError(f"--save {args.save}: expected a file name ending in .npz")
     if args.save is not None and not Path(args.save).resolve().parent.is_dir():
         raise ConfigError(f"--save {args.save}: directory {Path(args.save).parent} does not exist")
     if args.device == "cpp":
         print("arsim: building the standalone network (cached after the first time)...", file=sys.stderr)
-    result = run_relaxation(config, device=args.device)
+    result = run_relaxation(experiment, device=args.device)
     summary = {"layers": result.layers, "compile_seconds": result.compile_seconds, "run_seconds": result.run_seconds}
     if args.save is not None:
         save_npz(args.save, result.arrays())
-        write_json(str(args.save) + ".json", {**provenance(config), **summary})
+        write_json(str(args.save) + ".json", {**provenance(experiment), **summary})
     if args.json:
-        json.dump({**provenance(config), **summary}, sys.stdout, indent=1, default=_json_safe)
+        json.dump({**provenance(experiment), **summary}, sys.stdout, indent=1, default=_json_safe)
         print()
     else:
-        _print_table(result.layers, config, result)
+        _print_table(result.layers, result)
     return 0
 
 
@@ -88,16 +91,18 @@ def _cmd_train(args) -> int:
     from . import config as config_mod
     from .experiment import train
     from .models import resolve_model
+    from .spec import Experiment
 
     overrides = list(args.set)
     if args.epochs is not None:
         overrides.append(f"train.epochs={args.epochs}")
-    config = config_mod.load(resolve_model(args.model), overrides)
-    out = Path(args.out) if args.out else Path("runs") / f"{config['name']}-{config['rule']}-seed{config['seed']}"
-    summary = train(config, out, resume=args.resume, device=args.device, progress=not args.quiet)
+    experiment = Experiment.from_config(config_mod.load(resolve_model(args.model), overrides))
+    rule = experiment.rule
+    out = Path(args.out) if args.out else Path("runs") / f"{experiment.name}-{rule.name}-seed{experiment.seed}"
+    summary = train(experiment, out, resume=args.resume, device=args.device, progress=not args.quiet)
     last = summary.rows[-1]
     print(
-        f"{config['name']} (rule {config['rule']}, feedback {config['feedback']}, derivative {config['derivative']}):"
+        f"{experiment.name} (rule {rule.name}, feedback {rule.feedback}, derivative {rule.derivative}):"
         f" epoch {last['epoch']}: train loss {last['train_loss']:.4g}, train acc {last['train_accuracy']:.4f},"
         f" test acc {last['test_accuracy']:.4f}"
     )

@@ -1,6 +1,6 @@
 """A training experiment: data, epochs, metrics, checkpoints and resume.
 
-``train(config, out_dir)`` trains with the rule of the config (``rule``: every
+``train(experiment, out_dir)`` trains with the experiment's rule (``rule``: every
 simulated rule runs in the compiled Brian2 network, ``bp`` is the numpy
 backprop baseline, `arsim.rules`) and writes into ``out_dir``:
 
@@ -41,10 +41,10 @@ from .config import ConfigError
 from .datasets import Dataset, load_dataset
 from .io import atomic_write_bytes, provenance, save_npz, write_json
 from .metrics import angle_deg
-from .rules import RULES, rule_from_config
+from .spec import DataSpec, Experiment
 from .training import BrianTrainer, Params, bp_epoch, chunk_batches, epoch_order, evaluate, init_params
 
-__all__ = ["train", "TrainSummary", "CHECKPOINT", "dataset_for"]
+__all__ = ["train", "TrainSummary", "CHECKPOINT", "dataset_for", "checked_dataset"]
 
 CHECKPOINT = "checkpoint.npz"
 
@@ -63,18 +63,20 @@ class TrainSummary:
     samples_per_second: float
 
 
-def dataset_for(config: dict) -> Dataset:
-    """The data set of ``config``, checked against the network's input and output sizes."""
-    data = load_dataset(config["train.data"], config["seed"], config["train.test_fraction"], config["train.max_samples"])
-    sizes = config["sizes"]
+def dataset_for(experiment: Experiment) -> Dataset:
+    """The experiment's data set, checked against the network's input and output sizes."""
+    return checked_dataset(experiment.data, experiment.seed, experiment.network.sizes, experiment.training.batch_size)
+
+
+def checked_dataset(spec: DataSpec, seed: int, sizes, batch: int) -> Dataset:
+    """The data set of ``spec`` split by ``seed``; a one-line `ConfigError` unless it fits ``sizes`` and ``batch``."""
+    data = load_dataset(spec.source, seed, spec.test_fraction, spec.max_samples)
     if sizes[0] != data.n_features:
-        raise ConfigError(f"sizes[0] = {sizes[0]} does not match train.data = {config['train.data']!r}; expected {data.n_features} inputs")
+        raise ConfigError(f"sizes[0] = {sizes[0]} does not match train.data = {spec.source!r}; expected {data.n_features} inputs")
     if sizes[-1] != data.n_classes:
-        raise ConfigError(f"sizes[-1] = {sizes[-1]} does not match train.data = {config['train.data']!r}; expected {data.n_classes} outputs")
-    if data.n_train < config["train.batch_size"]:
-        raise ConfigError(
-            f"train.batch_size = {config['train.batch_size']} is larger than the {data.n_train} training samples; expected <= {data.n_train}"
-        )
+        raise ConfigError(f"sizes[-1] = {sizes[-1]} does not match train.data = {spec.source!r}; expected {data.n_classes} outputs")
+    if data.n_train < batch:
+        raise ConfigError(f"train.batch_size = {batch} is larger than the {data.n_train} training samples; expected <= {data.n_train}")
     return data
 
 
@@ -86,7 +88,7 @@ def _check_finite(params: Params, where: str) -> str | None:
     return None
 
 
-def _locate_divergence(config: dict, params: Params, x, targets, epoch: int, first_batch: int, noise=None) -> str:
+def _locate_divergence(experiment: Experiment, params: Params, x, targets, epoch: int, first_batch: int, noise=None) -> str:
     """Replay a diverged stretch batch by batch in numpy to name the first bad batch and layer."""
     found = []
 
@@ -96,19 +98,18 @@ def _locate_divergence(config: dict, params: Params, x, targets, epoch: int, fir
             if where:
                 found.append(where)
 
-    rule = rule_from_config(config)
     with np.errstate(all="ignore"):
-        rule.reference_epoch(config, params, x, targets, noise=noise, after_batch=after_batch)
+        experiment.rule.reference_epoch(experiment, params, x, targets, noise=noise, after_batch=after_batch)
     if found:
         return found[0]
-    n_batches = len(x) // config["train.batch_size"]
+    n_batches = len(x) // experiment.training.batch_size
     return f"epoch {epoch}, batches {first_batch + 1}..{first_batch + n_batches} (the numpy replay stayed finite)"
 
 
-def _metric_row(config, params, data, epoch, seconds, samples, alignment) -> dict:
+def _metric_row(experiment: Experiment, params, data, epoch, seconds, samples, alignment) -> dict:
     with np.errstate(all="ignore"):
-        on_train = evaluate(config, params, data.x_train, data.y_train, data.n_classes)
-        on_test = evaluate(config, params, data.x_test, data.y_test, data.n_classes)
+        on_train = evaluate(experiment.network, params, data.x_train, data.y_train, data.n_classes)
+        on_test = evaluate(experiment.network, params, data.x_test, data.y_test, data.n_classes)
     row = {
         "epoch": epoch,
         "train_loss": on_train["loss"],
@@ -122,7 +123,7 @@ def _metric_row(config, params, data, epoch, seconds, samples, alignment) -> dic
         rows = [a for a in alignment if a[1] == l]
         row[f"angle_deg_{l}"] = float(np.mean([a[2] for a in rows])) if rows else float("nan")
         row[f"rel_error_{l}"] = float(np.mean([a[3] for a in rows])) if rows else float("nan")
-    rule = rule_from_config(config)
+    rule = experiment.rule
     for l in range(len(params.W)):
         # the angle between the rule's own backward matrix and W^T (NaN where B is W^T or not of W^T's shape)
         own = rule.separate_backward and params.B[l].shape == params.W[l].T.shape
@@ -139,14 +140,15 @@ def _write_tables(out_dir: Path, rows: list) -> None:
     write_json(out_dir / "metrics.json", [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()} for r in rows])
 
 
-def _save_checkpoint(out_dir: Path, params: Params, epoch: int, rows: list, config: dict) -> None:
+def _save_checkpoint(out_dir: Path, params: Params, epoch: int, rows: list, experiment: Experiment) -> None:
     save_npz(
         out_dir / CHECKPOINT,
-        {**params.arrays(), "epoch": np.array(epoch), "metrics": np.array(json.dumps(rows)), "config": np.array(json.dumps(config))},
+        {**params.arrays(), "epoch": np.array(epoch), "metrics": np.array(json.dumps(rows)),
+         "config": np.array(json.dumps(dict(experiment.config)))},
     )
 
 
-def _check_same_model(stored: dict, config: dict, what: str) -> None:
+def _check_same_model(stored: dict, config, what: str) -> None:
     for key in sorted(set(stored) | set(config)):
         if key not in _RESUMABLE_CHANGES and stored.get(key) != config.get(key):
             raise ConfigError(
@@ -154,7 +156,7 @@ def _check_same_model(stored: dict, config: dict, what: str) -> None:
             )
 
 
-def _load_checkpoint(out_dir: Path, config: dict, n_layers: int):
+def _load_checkpoint(out_dir: Path, config, n_layers: int):
     """``(params, epoch, rows)`` of ``out_dir``'s checkpoint.
 
     None for a run killed before its first checkpoint (the untrained state,
@@ -188,14 +190,15 @@ def _load_checkpoint(out_dir: Path, config: dict, n_layers: int):
     return params, epoch, rows
 
 
-def train(config: dict, out_dir, resume: bool = False, device: str = "cpp", progress: bool = True,
+def train(experiment, out_dir, resume: bool = False, device: str = "cpp", progress: bool = True,
           max_run_samples: int = 1024) -> TrainSummary:
     """Train for ``train.epochs`` epochs and write the results into ``out_dir``.
 
     Parameters
     ----------
-    config : dict
-        Resolved model config (`arsim.config.load`).
+    experiment : arsim.spec.Experiment or dict
+        The experiment, or a config resolved by `arsim.config.load` (typed
+        here, once).
     out_dir : path
         Output directory (created). Without ``resume`` it must not hold a
         checkpoint already.
@@ -224,17 +227,18 @@ def train(config: dict, out_dir, resume: bool = False, device: str = "cpp", prog
         raise ConfigError(f"--out {out_dir}: exists and is not a directory")
     if not resume and (out_dir / CHECKPOINT).exists():
         raise ConfigError(f"--out {out_dir}: already holds a training run; use --resume to continue it or choose another directory")
-    data = dataset_for(config)
-    n_layers = len(config["sizes"]) - 1
-    loaded = _load_checkpoint(out_dir, config, n_layers) if resume else None
+    experiment = Experiment.from_config(experiment)
+    data = dataset_for(experiment)
+    n_layers = experiment.network.n_layers
+    loaded = _load_checkpoint(out_dir, experiment.config, n_layers) if resume else None
     if loaded is not None:
         params, start_epoch, rows = loaded
     else:
-        params, start_epoch, rows = init_params(config), 0, []
+        params, start_epoch, rows = init_params(experiment), 0, []
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "run.json", {**provenance(config), "data": {"spec": data.name, "source": data.source,
+    write_json(out_dir / "run.json", {**provenance(experiment), "data": {"spec": data.name, "source": data.source,
                                                                         "n_train": data.n_train, "n_test": data.n_test}})
-    batch = config["train.batch_size"]
+    batch = experiment.training.batch_size
     n_batches = data.n_train // batch
     per_run = chunk_batches(n_batches, batch, max_run_samples)
     n_used = n_batches * batch
@@ -242,24 +246,24 @@ def train(config: dict, out_dir, resume: bool = False, device: str = "cpp", prog
 
     compile_seconds = 0.0
     trainer = None
-    if RULES[config["rule"]].simulated:
+    if experiment.rule.simulated:
         if progress and device == "cpp":
             print("arsim: building the standalone network (cached after the first time)...", file=sys.stderr)
         started = time.perf_counter()
-        trainer = BrianTrainer(config, per_run * batch, device=device)
+        trainer = BrianTrainer(experiment, per_run * batch, device=device)
         compile_seconds = time.perf_counter() - started
     if not rows:
-        rows.append(_metric_row(config, params, data, 0, 0.0, 0, []))
-        _save_checkpoint(out_dir, params, 0, rows, config)
+        rows.append(_metric_row(experiment, params, data, 0, 0.0, 0, []))
+        _save_checkpoint(out_dir, params, 0, rows, experiment)
         _write_tables(out_dir, rows)
 
-    epochs = config["train.epochs"]
+    epochs = experiment.training.epochs
     bar = tqdm(total=epochs * n_used, initial=start_epoch * n_used, unit="sample", disable=not progress,
-               desc=f"{config['name']} ({config['rule']})", dynamic_ncols=True)
+               desc=f"{experiment.name} ({experiment.rule.name})", dynamic_ncols=True)
     train_seconds = 0.0
     try:
         for epoch in range(start_epoch + 1, epochs + 1):
-            order = epoch_order(config, data.n_train, epoch)
+            order = epoch_order(experiment, data.n_train, epoch)
             x, targets = data.x_train[order], targets_train[order]
             started = time.perf_counter()
             alignment = []
@@ -273,18 +277,18 @@ def train(config: dict, out_dir, resume: bool = False, device: str = "cpp", prog
                     alignment.extend(result.alignment)
                 else:
                     with np.errstate(all="ignore"):
-                        params = bp_epoch(config, params, x[rows_slice], targets[rows_slice])
+                        params = bp_epoch(experiment, params, x[rows_slice], targets[rows_slice])
                 if _check_finite(params, ""):
-                    where = _locate_divergence(config, before, x[rows_slice], targets[rows_slice], epoch, first, noise)
+                    where = _locate_divergence(experiment, before, x[rows_slice], targets[rows_slice], epoch, first, noise)
                     raise FloatingPointError(f"NaN/Inf in the weights at {where}; lower train.lr or init_std")
                 bar.update(per_run * batch)
             seconds = time.perf_counter() - started
             train_seconds += seconds
-            row = _metric_row(config, params, data, epoch, seconds, n_used, alignment)
+            row = _metric_row(experiment, params, data, epoch, seconds, n_used, alignment)
             rows.append(row)
             if not math.isfinite(row["train_loss"]):
                 raise FloatingPointError(f"NaN/Inf in the output activity at epoch {epoch} (train loss {row['train_loss']})")
-            _save_checkpoint(out_dir, params, epoch, rows, config)
+            _save_checkpoint(out_dir, params, epoch, rows, experiment)
             _write_tables(out_dir, rows)
             bar.set_postfix(loss=f"{row['train_loss']:.4g}", train=f"{row['train_accuracy']:.3f}", test=f"{row['test_accuracy']:.3f}")
     finally:

@@ -75,14 +75,18 @@ def _git_revision() -> str:
         return "unknown"
 
 
-def provenance(config: dict) -> dict:
-    """What is needed to reproduce a result: config, seed, versions, git revision."""
+def provenance(experiment) -> dict:
+    """What is needed to reproduce a result: config, seed, versions, git revision.
+
+    ``experiment`` is an `arsim.spec.Experiment` (its resolved config is
+    stored verbatim) or None (the versions and revision only).
+    """
     import brian2
     import scipy
 
     return {
-        "config": config,
-        "seed": config.get("seed"),
+        "config": None if experiment is None else dict(experiment.config),
+        "seed": None if experiment is None else experiment.seed,
         "versions": {
             "arsim": __version__,
             "brian2": brian2.__version__,

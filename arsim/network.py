@@ -1,7 +1,7 @@
 """Network builder: neurons and projections assembled from a credit-assignment rule.
 
-The builder turns a resolved model config into Brian2 objects; it does not
-run them. Schedule within one clock step (slot ``start``, then ``groups``,
+The builder turns a `Topology` (the build key of an `arsim.spec.Experiment`,
+`topology_for`) into Brian2 objects; it does not run them. Schedule within one clock step (slot ``start``, then ``groups``,
 then ``end``):
 
 =========  =====================================================  ==========
@@ -55,7 +55,7 @@ from .cpp_projection import TICK_EQUATION, add_dense_plasticity, add_dense_proje
 from .neuron import neuron_equations, store_code
 from .rules import PLASTICITY_SCALARS, Rule, make_rule
 
-__all__ = ["DT_INTERNAL", "Topology", "BuiltNetwork", "topology_from_config", "build_network", "projection_indices"]
+__all__ = ["DT_INTERNAL", "Topology", "BuiltNetwork", "topology_for", "build_network", "projection_indices"]
 
 DT_INTERNAL = 2.0**-10  # seconds; a binary fraction keeps clock arithmetic exact
 
@@ -120,29 +120,26 @@ class Topology:
                          forward=self.forward, feedback=self.feedback)
 
 
-def topology_from_config(config: dict, max_relax: int | None = None, n_samples: int = 1) -> Topology:
-    """Extract the build key of a resolved config."""
-    from .config import n_relax_steps
-    from .rules import RULES
-
-    rule = RULES[config["rule"]]
+def topology_for(experiment, max_relax: int | None = None, n_samples: int = 1) -> Topology:
+    """The build key of an `arsim.spec.Experiment` (``max_relax`` default: its relaxation steps)."""
+    net, rule, probe = experiment.network, experiment.rule, experiment.probe
     if not rule.simulated:
-        raise ValueError(f"rule = {config['rule']!r} is not simulated in Brian2 (it is the numpy oracle)")
+        raise ValueError(f"rule = {rule.name!r} is not simulated in Brian2 (it is the numpy oracle)")
     return Topology(
-        sizes=tuple(config["sizes"]),
-        loss=config["loss"],
-        rule=config["rule"],
-        rule_build=rule.build_settings({k: config[f"{config['rule']}.{k}"] for k in rule.params}),
-        feedback=config["feedback"],
-        derivative=bool(config["derivative"]),
-        ordering=config["ordering"],
-        forward=config["forward"],
-        record_variables=tuple(config["record.variables"]),
-        record_every=int(config["record.every"]),
-        max_relax=int(max_relax if max_relax is not None else n_relax_steps(config)),
+        sizes=tuple(net.sizes),
+        loss=net.loss,
+        rule=rule.name,
+        rule_build=rule.build_settings(rule.settings),
+        feedback=rule.feedback,
+        derivative=bool(rule.derivative),
+        ordering=rule.ordering,
+        forward=rule.forward,
+        record_variables=tuple(probe.record_variables),
+        record_every=int(probe.record_every),
+        max_relax=int(max_relax if max_relax is not None else net.n_relax_steps),
         n_samples=n_samples,
-        projection=config["projection"],
-        precision=config["precision"],
+        projection=net.projection,
+        precision=net.precision,
     )
 
 

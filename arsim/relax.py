@@ -1,7 +1,7 @@
 """One relaxation experiment: draw a network, relax it in Brian2, compare with BP.
 
-``run_relaxation(config)`` draws weights, input and target from the config's
-seed, runs the forward sweep and the backward relaxation in the compiled
+``run_relaxation(experiment)`` draws weights, input and target from the
+experiment's seed, runs the forward sweep and the backward relaxation in the compiled
 Brian2 network, and measures the relaxed state and AR's weight gradient
 against the backprop oracle (SPEC section 4).
 """
@@ -13,11 +13,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import metrics, oracle
-from .activations import ACTIVATION_CODES, get_activation
-from .config import n_relax_steps
+from .activations import ACTIVATION_CODES
 from .devices import Runner, get_runner
-from .network import DT_INTERNAL, Topology, topology_from_config
-from .rules import RULES, rule_from_config
+from .network import DT_INTERNAL, Topology, topology_for
+from .spec import Experiment, NetworkSpec
 
 __all__ = ["Problem", "draw_problem", "run_relaxation", "RelaxResult", "network_params", "layer_table"]
 
@@ -33,23 +32,24 @@ class Problem:
     target: np.ndarray
 
 
-def draw_problem(config: dict) -> Problem:
-    """Draw weights, biases, backward weights, input and target from ``config["seed"]``.
+def draw_problem(experiment: Experiment) -> Problem:
+    """Draw weights, biases, backward weights, input and target from the experiment's seed.
 
     Forward weights ``N(0, init_std^2)``; biases the same when ``bias`` is on
     (zeros otherwise); ``B`` by the feedback rule; the input ``N(0, 1)`` or
     ``U[0, 1)``; the target a random one-hot vector.
     """
-    rng = np.random.default_rng(config["seed"])
-    sizes = config["sizes"]
+    rng = np.random.default_rng(experiment.seed)
+    net = experiment.network
+    sizes = net.sizes
     n_layers = len(sizes) - 1
-    W = [rng.normal(0.0, config["init_std"], size=(sizes[l + 1], sizes[l])) for l in range(n_layers)]
-    if config["bias"]:
-        b = [rng.normal(0.0, config["init_std"], size=sizes[l + 1]) for l in range(n_layers)]
+    W = [rng.normal(0.0, net.init_std, size=(sizes[l + 1], sizes[l])) for l in range(n_layers)]
+    if net.bias:
+        b = [rng.normal(0.0, net.init_std, size=sizes[l + 1]) for l in range(n_layers)]
     else:
         b = [np.zeros(sizes[l + 1]) for l in range(n_layers)]
-    B = rule_from_config(config).initial_backward(W, rng, config["feedback_std"])
-    if config["input"] == "normal":
+    B = experiment.rule.initial_backward(W, rng, net.feedback_std)
+    if experiment.probe.input == "normal":
         x_in = rng.normal(0.0, 1.0, size=sizes[0])
     else:
         x_in = rng.uniform(0.0, 1.0, size=sizes[0])
@@ -58,10 +58,10 @@ def draw_problem(config: dict) -> Problem:
     return Problem(W=W, b=b, B=B, x_in=x_in, target=target)
 
 
-def network_params(topo: Topology, config: dict, problem: Problem, n_relax: int | None = None) -> dict:
-    """Run-time parameters of the compiled network for one experiment."""
-    eta = config["dt"] / config["tau"]
-    n_relax = n_relax_steps(config) if n_relax is None else n_relax
+def network_params(topo: Topology, network: NetworkSpec, problem: Problem, n_relax: int | None = None) -> dict:
+    """Run-time parameters of the compiled network for one experiment (``network``: its `NetworkSpec`)."""
+    eta = network.eta
+    n_relax = network.n_relax_steps if n_relax is None else n_relax
     if n_relax > topo.max_relax:
         raise ValueError(f"{n_relax} relaxation steps requested; the build holds at most {topo.max_relax}")
     params = {
@@ -69,11 +69,11 @@ def network_params(topo: Topology, config: dict, problem: Problem, n_relax: int 
         "target_values": problem.target,
     }
     for layer in range(topo.n_layers + 1):
-        kind = config["output_activation"] if layer == topo.n_layers else config["activation"]
+        kind = network.output_activation if layer == topo.n_layers else network.activation
         params[f"layer{layer}.act_kind"] = np.array([ACTIVATION_CODES[kind]])
-        params[f"layer{layer}.act_slope"] = np.array([config["leaky_slope"]])
+        params[f"layer{layer}.act_slope"] = np.array([network.leaky_slope])
         params[f"layer{layer}.tau"] = np.array([DT_INTERNAL / eta])
-        params[f"layer{layer}.x_start"] = np.array([1.0 if config["initial_state"] == "forward" else 0.0])
+        params[f"layer{layer}.x_start"] = np.array([1.0 if network.initial_state == "forward" else 0.0])
         params[f"layer{layer}.n_relax"] = np.array([n_relax])
         if layer >= 1:
             params[f"layer{layer}.b"] = problem.b[layer - 1]
@@ -87,7 +87,7 @@ def network_params(topo: Topology, config: dict, problem: Problem, n_relax: int 
 class RelaxResult:
     """Everything one relaxation produced, with its BP comparison."""
 
-    config: dict
+    experiment: Experiment
     problem: Problem
     xbar: list
     fp: list
@@ -130,12 +130,12 @@ def layer_table(result: RelaxResult) -> list:
     ``dW_cosine``, ``dW_angle_deg``, ``dW_rel_error`` (for ``W^{l-1}``).
     """
     rows = []
-    threshold = result.config["threshold"]
+    threshold = result.experiment.probe.threshold
     n_layers = len(result.problem.W)
     for l in range(1, n_layers + 1):
         target = result.bp.dxbar[l]
         errors = metrics.relative_error_trace(result.xtrace[l], target)
-        at_report = np.nonzero(np.isclose(result.t, result.config["report_tau"], rtol=1e-9, atol=1e-12))[0]
+        at_report = np.nonzero(np.isclose(result.t, result.experiment.probe.report_tau, rtol=1e-9, atol=1e-12))[0]
         rows.append(
             {
                 "layer": l,
@@ -190,29 +190,29 @@ def check_finite(raw: dict, steps: np.ndarray, eta: float) -> None:
             raise FloatingPointError(f"NaN/Inf in {key} at the end of the relaxation")
 
 
-def _oracle_relaxation(config: dict) -> RelaxResult:
+def _oracle_relaxation(experiment: Experiment) -> RelaxResult:
     """``rule = "bp"``: the oracle's own backward pass as the "relaxed" state (zero error by construction)."""
-    problem = draw_problem(config)
-    hidden = get_activation(config["activation"], config["leaky_slope"])
-    output = get_activation(config["output_activation"], config["leaky_slope"])
-    fwd = oracle.forward(problem.W, problem.b, problem.x_in, hidden, output, config["loss"])
-    bp = oracle.backward(problem.W, fwd, problem.target, config["loss"])
+    problem = draw_problem(experiment)
+    net = experiment.network
+    fwd = oracle.forward(problem.W, problem.b, problem.x_in, net.hidden, net.output, net.loss)
+    bp = oracle.backward(problem.W, fwd, problem.target, net.loss)
     x = [fwd.xbar[0]] + bp.dxbar[1:]
     result = RelaxResult(
-        config=config, problem=problem, xbar=fwd.xbar, fp=fwd.fp, x=x, t=np.zeros(1),
+        experiment=experiment, problem=problem, xbar=fwd.xbar, fp=fwd.fp, x=x, t=np.zeros(1),
         xtrace=[None] + [v[None, :] for v in x[1:]], dW=bp.dW, db=bp.db, bp=bp, B_used=[w.T.copy() for w in problem.W],
     )
     layer_table(result)
     return result
 
 
-def run_relaxation(config: dict, device: str = "cpp", runner: Runner | None = None) -> RelaxResult:
+def run_relaxation(experiment, device: str = "cpp", runner: Runner | None = None) -> RelaxResult:
     """Relax one network in Brian2 and compare with the oracle.
 
     Parameters
     ----------
-    config : dict
-        Resolved model config (`arsim.config.load`).
+    experiment : arsim.spec.Experiment or dict
+        The experiment, or a config resolved by `arsim.config.load` (typed
+        here, once).
     device : {"cpp", "runtime"}
         Brian2 device, ignored if ``runner`` is given.
     runner : Runner, optional
@@ -220,15 +220,17 @@ def run_relaxation(config: dict, device: str = "cpp", runner: Runner | None = No
     """
     import time
 
-    if not RULES[config["rule"]].simulated:
-        return _oracle_relaxation(config)
-    topo = runner.topology if runner is not None else topology_from_config(config)
+    experiment = Experiment.from_config(experiment)
+    if not experiment.rule.simulated:
+        return _oracle_relaxation(experiment)
+    net = experiment.network
+    topo = runner.topology if runner is not None else topology_for(experiment)
     runner = runner or get_runner(topo, device)
-    problem = draw_problem(config)
-    eta = config["dt"] / config["tau"]
-    n_relax = n_relax_steps(config)
+    problem = draw_problem(experiment)
+    eta = net.eta
+    n_relax = net.n_relax_steps
     started = time.perf_counter()
-    raw = runner.run(network_params(topo, config, problem, n_relax))
+    raw = runner.run(network_params(topo, net, problem, n_relax))
     run_seconds = time.perf_counter() - started
 
     n_layers = topo.n_layers
@@ -241,8 +243,7 @@ def run_relaxation(config: dict, device: str = "cpp", runner: Runner | None = No
     xbar = [raw[f"layer{l}.xbar"] for l in range(n_layers + 1)]
     fp = [raw[f"layer{l}.fp"] for l in range(n_layers + 1)]
     x = [raw[f"layer{l}.x"] for l in range(n_layers + 1)]
-    hidden = get_activation(config["activation"], config["leaky_slope"])
-    output = get_activation(config["output_activation"], config["leaky_slope"])
+    hidden, output = net.hidden, net.output
     if topo.forward == "frozen":
         slope, pre = fp, xbar
     else:  # the relaxed forward pass learns from the current state (rules.py)
@@ -253,11 +254,11 @@ def run_relaxation(config: dict, device: str = "cpp", runner: Runner | None = No
         ]
     dW = [np.outer(x[l + 1] * slope[l + 1], pre[l]) for l in range(n_layers)]
     db = [x[l + 1] * slope[l + 1] for l in range(n_layers)]
-    fwd = oracle.forward(problem.W, problem.b, problem.x_in, hidden, output, config["loss"])
-    bp = oracle.backward(problem.W, fwd, problem.target, config["loss"])
+    fwd = oracle.forward(problem.W, problem.b, problem.x_in, hidden, output, net.loss)
+    bp = oracle.backward(problem.W, fwd, problem.target, net.loss)
     W_now = [raw[f"proj{l}.w"].reshape(topo.sizes[l + 1], topo.sizes[l]) for l in range(n_layers)]
     result = RelaxResult(
-        config=config,
+        experiment=experiment,
         problem=problem,
         xbar=xbar,
         fp=fp,

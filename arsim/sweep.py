@@ -53,6 +53,7 @@ import numpy as np
 
 from . import __version__
 from .config import SCHEMA, ConfigError, _flatten, n_relax_steps, parse_override, resolve
+from .spec import Experiment
 from .store import Store, point_hash
 
 __all__ = [
@@ -182,22 +183,25 @@ class Command:
 
     Attributes
     ----------
+    Every callable takes the point as an `arsim.spec.Experiment` (the
+    point's resolved config, typed once).
+
     shape : callable
-        ``shape(config)``: the build key without the step budget (hashable);
+        ``shape(experiment)``: the build key without the step budget (hashable);
         points with equal shapes share one build. None: the point needs no
         build (numpy only); it runs at once, with ``runner = None``.
     budget : callable
-        ``budget(config)``: relaxation steps the point needs.
+        ``budget(experiment)``: relaxation steps the point needs.
     topology : callable
         ``topology(shape, max_budget)``: the `Topology` compiled for a group.
     run : callable
-        ``run(config, runner, want_arrays) -> dict`` with ``layers`` (list of
+        ``run(experiment, runner, want_arrays) -> dict`` with ``layers`` (list of
         per-layer metric dicts), ``summary`` (numeric metrics), ``arrays``
         (dict or None) and ``run_seconds`` (simulation time); optionally
         ``compile_seconds`` (time the run spent compiling a build itself). A
         FloatingPointError (NaN/Inf) is recorded as status ``diverged``.
     check : callable, optional
-        ``check(config, source)``: what `arsim.config.resolve` cannot check
+        ``check(experiment, source)``: what `arsim.config.resolve` cannot check
         for this command; raises a one-line `ConfigError` while the sweep is
         planned, before anything runs.
     columns : tuple of str
@@ -205,24 +209,28 @@ class Command:
         relax's per-layer table).
     """
 
-    shape: Callable[[dict], Hashable | None]
-    budget: Callable[[dict], int]
+    shape: Callable[[Experiment], Hashable | None]
+    budget: Callable[[Experiment], int]
     topology: Callable[[Hashable, int], Any]
-    run: Callable[[dict, Any, bool], dict]
-    check: Callable[[dict, str], None] | None = None
+    run: Callable[[Experiment, Any, bool], dict]
+    check: Callable[[Experiment, str], None] | None = None
     columns: tuple = ()
 
 
-def _relax_shape(config):
-    from .network import topology_from_config
+def _relax_shape(experiment: Experiment):
+    from .network import topology_for
 
-    return topology_from_config(config, max_relax=0)
+    return topology_for(experiment, max_relax=0)
 
 
-def _relax_run(config: dict, runner, want_arrays: bool) -> dict:
+def _steps(experiment: Experiment) -> int:
+    return experiment.network.n_relax_steps
+
+
+def _relax_run(experiment: Experiment, runner, want_arrays: bool) -> dict:
     from .relax import run_relaxation
 
-    result = run_relaxation(config, runner=runner)
+    result = run_relaxation(experiment, runner=runner)
     layers = [dict(row) for row in result.layers]
     hidden = [row for row in layers if row["role"] == "hidden"] or layers
     summary = {
@@ -241,21 +249,21 @@ def _relax_run(config: dict, runner, want_arrays: bool) -> dict:
     }
 
 
-def _no_build(config):
+def _no_build(experiment: Experiment):
     return None
 
 
-def _sxl_check(config: dict, source: str) -> None:
+def _sxl_check(experiment: Experiment, source: str) -> None:
     from .studies.song_xu_lafferty import check_config
 
-    check_config(config, source)
+    check_config(experiment.config, source)
 
 
-def _sxl_run(config: dict, runner, want_arrays: bool) -> dict:
-    """The Song-Xu-Lafferty study (numpy; `arsim.studies.song_xu_lafferty`)."""
+def _sxl_run(experiment: Experiment, runner, want_arrays: bool) -> dict:
+    """The Song-Xu-Lafferty study (numpy; `arsim.studies.song_xu_lafferty`, which types its own keys)."""
     from .studies.song_xu_lafferty import run_config
 
-    _, result, summary = run_config(config)
+    _, result, summary = run_config(experiment.config)
     arrays = None
     if want_arrays:
         arrays = {"step": result.step, "loss": result.loss, "alignment": result.alignment}
@@ -267,27 +275,25 @@ TRAIN_RUN_SAMPLES = 1024
 
 
 @functools.lru_cache(maxsize=256)
-def _n_train(data: str, seed: int, test_fraction: float, max_samples: int, n_in: int, n_out: int, batch: int) -> int:
-    from .experiment import dataset_for
+def _n_train(data, seed: int, n_in: int, n_out: int, batch: int) -> int:
+    from .experiment import checked_dataset
 
-    # dataset_for also checks the data against sizes and the batch size (one-line ConfigError)
-    return dataset_for({"train.data": data, "seed": seed, "train.test_fraction": test_fraction,
-                        "train.max_samples": max_samples, "sizes": [n_in, n_out], "train.batch_size": batch}).n_train
+    # checked_dataset also checks the data against sizes and the batch size (one-line ConfigError)
+    return checked_dataset(data, seed, (n_in, n_out), batch).n_train
 
 
-def _train_shape(config):
-    """The build `experiment.train` uses for ``config`` (None for a rule without one, e.g. bp)."""
-    from .rules import RULES
+def _train_shape(experiment: Experiment):
+    """The build `experiment.train` uses for ``experiment`` (None for a rule without one, e.g. bp)."""
     from .training import chunk_batches, train_topology
 
-    if not RULES[config["rule"]].simulated:
+    if not experiment.rule.simulated:
         return None
-    batch = config["train.batch_size"]
-    n_train = _n_train(config["train.data"], config["seed"], config["train.test_fraction"], config["train.max_samples"],
-                       config["sizes"][0], config["sizes"][-1], batch)
-    # the topology experiment.train builds itself (its chunking, the config's own step budget): the
-    # sweep compiles it once, and train finds it in the build cache
-    return train_topology(config, chunk_batches(n_train // batch, batch, TRAIN_RUN_SAMPLES) * batch)
+    batch = experiment.training.batch_size
+    sizes = experiment.network.sizes
+    n_train = _n_train(experiment.data, experiment.seed, sizes[0], sizes[-1], batch)
+    # the topology experiment.train builds itself (its chunking, the experiment's own step budget):
+    # the sweep compiles it once, and train finds it in the build cache
+    return train_topology(experiment, chunk_batches(n_train // batch, batch, TRAIN_RUN_SAMPLES) * batch)
 
 
 _BUILD_ENV_LOCK = threading.Lock()
@@ -324,8 +330,8 @@ def _build_dir_env(runner):
                     os.environ["ARSIM_BUILD_DIR"] = _BUILD_ENV_USERS[1]
 
 
-def _train_run(config: dict, runner, want_arrays: bool) -> dict:
-    """Train the point's config (`arsim.experiment.train`) in a temporary directory.
+def _train_run(experiment: Experiment, runner, want_arrays: bool) -> dict:
+    """Train the point (`arsim.experiment.train`) in a temporary directory.
 
     Summary: the final ``test_accuracy``, ``train_loss``, ``train_accuracy``
     and ``test_loss``, the ``best_test_accuracy`` over the trained epochs and
@@ -341,7 +347,7 @@ def _train_run(config: dict, runner, want_arrays: bool) -> dict:
 
     compiled_before = BUILD_COUNTER["compiled"]
     with tempfile.TemporaryDirectory(prefix="arsim_sweep_train_") as out_dir, _build_dir_env(runner):
-        result = train(config, out_dir, progress=False, max_run_samples=TRAIN_RUN_SAMPLES)
+        result = train(experiment, out_dir, progress=False, max_run_samples=TRAIN_RUN_SAMPLES)
     rows = [dict(row) for row in result.rows]
     trained = rows[1:] or rows
     best = max(trained, key=lambda row: row["test_accuracy"])
@@ -375,19 +381,19 @@ def _train_run(config: dict, runner, want_arrays: bool) -> dict:
 COMMANDS: dict[str, Command] = {
     "relax": Command(
         shape=_relax_shape,
-        budget=n_relax_steps,
+        budget=_steps,
         topology=lambda shape, steps: dataclasses.replace(shape, max_relax=steps),
         run=_relax_run,
     ),
     # training runs compile the build experiment.train itself uses (its own step budget): points that
     # differ in run-time keys (train.lr, seed, ...) share it; the bp rule needs no build
     "train": Command(
-        shape=_train_shape, budget=n_relax_steps, topology=lambda shape, steps: shape, run=_train_run,
+        shape=_train_shape, budget=_steps, topology=lambda shape, steps: shape, run=_train_run,
         columns=("test_accuracy", "best_test_accuracy", "train_accuracy", "train_loss", "epochs"),
     ),
     # the Song-Xu-Lafferty study: numpy only, no build
     "sxl": Command(
-        shape=_no_build, budget=lambda config: 0, topology=lambda shape, steps: None, run=_sxl_run, check=_sxl_check,
+        shape=_no_build, budget=lambda experiment: 0, topology=lambda shape, steps: None, run=_sxl_run, check=_sxl_check,
         columns=("n_steps", "final_mse", "alignment", "loss_decay_rate"),
     ),
 }
@@ -456,6 +462,11 @@ class SweepPoint:
     config: dict
     hash: str
 
+    @property
+    def experiment(self) -> Experiment:
+        """The point typed (what the command's callables take)."""
+        return Experiment.from_config(self.config)
+
 
 @dataclass
 class SweepPlan:
@@ -471,9 +482,9 @@ class SweepPlan:
         command = COMMANDS[self.command]
         by_shape = collections.defaultdict(list)
         for point in self.points if points is None else points:
-            by_shape[command.shape(point.config)].append(point)
+            by_shape[command.shape(point.experiment)].append(point)
         return {
-            (None if shape is None else command.topology(shape, max(command.budget(p.config) for p in group))): group
+            (None if shape is None else command.topology(shape, max(command.budget(p.experiment) for p in group))): group
             for shape, group in by_shape.items()
         }
 
@@ -581,7 +592,7 @@ def plan_sweep(
         raw = _apply_derived({**base, **plain}, derived, source)
         config = resolve(raw, source=source)
         if COMMANDS[command].check is not None:
-            COMMANDS[command].check(config, source)
+            COMMANDS[command].check(Experiment.from_config(config), source)
         for r in range(repeat):
             point_config = dict(config, seed=config["seed"] + r) if repeat > 1 else config
             point_values = dict(values, seed=point_config["seed"]) if repeat > 1 else dict(values)
@@ -671,7 +682,7 @@ def run_point(command: str, config: dict, topology, build_root=None, want_arrays
     # topology None: a point without a build (numpy only)
     runner, compiled = _private_runner(topology, build_root) if topology is not None else (None, 0.0)
     try:
-        out = COMMANDS[command].run(config, runner, want_arrays)
+        out = COMMANDS[command].run(Experiment.from_config(config), runner, want_arrays)
         out.update(status="ok", error=None)
     except FloatingPointError as err:
         # a diverging point is a result of the sweep (e.g. dt/tau beyond the
@@ -952,7 +963,7 @@ def run_sweep(
     groups = plan.groups(pending)
     unbuilt = groups.pop(None, [])  # points without a build run at once
     report.builds = len(groups)
-    git_revision = provenance({}).get("git_revision") if pending else None
+    git_revision = provenance(None)["git_revision"] if pending else None
     build_root = None if build_root is None else str(Path(build_root).resolve())
     sweep_id = store.begin_sweep(
         {"argv": argv, "command": plan.command, "engine": engine.name, "jobs": engine.jobs, "points_total": report.points_total}

@@ -42,25 +42,26 @@ _ACTIVATIONS = {
 }
 
 
-def ar_epoch_torch(config: dict, W: list, b: list, x_in: np.ndarray, targets: np.ndarray):
+def ar_epoch_torch(experiment, W: list, b: list, x_in: np.ndarray, targets: np.ndarray):
     """One epoch of exact AR minibatch SGD on the rows of ``x_in``; returns ``(W, b)`` as numpy arrays.
 
     Raises
     ------
     ValueError
-        For a config this peer does not implement (another rule or switch).
+        For an experiment this peer does not implement (another rule or switch).
     """
     import torch
 
-    if config["rule"] != "ar" or config["feedback"] != "transpose" or config["forward"] != "frozen" or not config["derivative"] \
-            or config["ordering"] != "synchronous" or config["loss"] != "mse" or config["activation"] not in _ACTIVATIONS \
-            or config["output_activation"] not in _ACTIVATIONS:
+    net, rule = experiment.network, experiment.rule
+    if rule.name != "ar" or rule.feedback != "transpose" or not rule.frozen_forward or not rule.derivative \
+            or rule.ordering != "synchronous" or net.loss != "mse" or net.activation not in _ACTIVATIONS \
+            or net.output_activation not in _ACTIVATIONS:
         raise ValueError("the torch peer implements exact AR (synchronous, frozen, derivative) with the mse loss only")
-    f, fp = _ACTIVATIONS[config["activation"]]
-    f_out, fp_out = _ACTIVATIONS[config["output_activation"]]
-    eta = config["dt"] / config["tau"]
-    steps = int(round(config["duration"] / config["dt"]))
-    batch, lr = config["train.batch_size"], config["train.lr"]
+    f, fp = _ACTIVATIONS[net.activation]
+    f_out, fp_out = _ACTIVATIONS[net.output_activation]
+    eta = net.eta
+    steps = net.n_relax_steps
+    batch, lr = experiment.training.batch_size, experiment.training.lr
     W = [torch.tensor(w, dtype=torch.float64) for w in W]
     b = [torch.tensor(v, dtype=torch.float64) for v in b]
     x_all = torch.tensor(x_in, dtype=torch.float64)
@@ -83,6 +84,6 @@ def ar_epoch_torch(config: dict, W: list, b: list, x_in: np.ndarray, targets: np
             for l in range(n_layers):
                 delta = x[l + 1] * slope[l + 1]
                 W[l] = W[l] - lr * (delta.T @ xbar[l])
-                if config["bias"]:
+                if net.bias:
                     b[l] = b[l] - lr * delta.sum(dim=0)
     return [w.numpy() for w in W], [v.numpy() for v in b]

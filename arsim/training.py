@@ -22,14 +22,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import metrics, oracle
-from .activations import get_activation
-from .config import n_relax_steps
 from .devices import Runner, get_runner
-from .network import DT_INTERNAL, Topology, topology_from_config
+from .network import DT_INTERNAL, Topology, topology_for
 from .relax import Problem, network_params
-from .rules import rule_from_config
+from .spec import Experiment, NetworkSpec
 
-__all__ = ["Params", "init_params", "epoch_order", "chunk_batches", "batch_parallel", "train_topology", "BrianTrainer", "ChunkResult", "bp_epoch", "evaluate"]
+__all__ = ["Params", "init_params", "epoch_order", "chunk_batches", "train_topology", "BrianTrainer", "ChunkResult", "bp_epoch", "evaluate"]
 
 
 @dataclass
@@ -63,20 +61,21 @@ class Params:
         )
 
 
-def init_params(config: dict) -> Params:
-    """Initial weights from ``config["seed"]``: ``W ~ N(0, init_std^2)``, zero biases, ``B`` by the rule."""
-    rng = np.random.default_rng([config["seed"], 1])
-    sizes = config["sizes"]
-    W = [rng.normal(0.0, config["init_std"], size=(sizes[l + 1], sizes[l])) for l in range(len(sizes) - 1)]
+def init_params(experiment: Experiment) -> Params:
+    """Initial weights from the seed: ``W ~ N(0, init_std^2)``, zero biases, ``B`` by the rule."""
+    rng = np.random.default_rng([experiment.seed, 1])
+    net = experiment.network
+    sizes = net.sizes
+    W = [rng.normal(0.0, net.init_std, size=(sizes[l + 1], sizes[l])) for l in range(len(sizes) - 1)]
     b = [np.zeros(sizes[l + 1]) for l in range(len(sizes) - 1)]
-    return Params(W, b, rule_from_config(config).initial_backward(W, rng, config["feedback_std"]))
+    return Params(W, b, experiment.rule.initial_backward(W, rng, net.feedback_std))
 
 
-def epoch_order(config: dict, n_train: int, epoch: int) -> np.ndarray:
+def epoch_order(experiment: Experiment, n_train: int, epoch: int) -> np.ndarray:
     """Indices of the samples of ``epoch``, whole batches only, seeded by (seed, epoch)."""
-    batch = config["train.batch_size"]
+    batch = experiment.training.batch_size
     n_used = (n_train // batch) * batch
-    rng = np.random.default_rng([config["seed"], 2, epoch])
+    rng = np.random.default_rng([experiment.seed, 2, epoch])
     return rng.permutation(n_train)[:n_used]
 
 
@@ -94,31 +93,25 @@ def chunk_batches(n_batches: int, batch_size: int, max_samples: int = 1024) -> i
     return best
 
 
-def batch_parallel(config: dict) -> bool:
-    """Whether training relaxes a whole minibatch at once (``train.parallel``)."""
-    mode = config["train.parallel"]
-    return mode == "batch" or (mode == "auto" and config["projection"] == "dense")
-
-
-def train_topology(config: dict, chunk_samples: int, max_relax: int | None = None) -> Topology:
+def train_topology(experiment: Experiment, chunk_samples: int, max_relax: int | None = None) -> Topology:
     """The build key of a training run of ``chunk_samples`` samples per run.
 
-    ``max_relax`` (default: the config's steps) is the longest relaxation the
+    ``max_relax`` (default: the experiment's steps) is the longest relaxation the
     build can run; shorter ones are a run-time parameter. With
-    `batch_parallel` the layers hold ``train.batch_size`` copies and a run
-    has one sample period per batch; otherwise one per sample.
+    `Experiment.batch_parallel` the layers hold ``train.batch_size`` copies
+    and a run has one sample period per batch; otherwise one per sample.
     """
-    batch = config["train.batch_size"]
-    copies = batch if batch_parallel(config) else 1
+    batch = experiment.training.batch_size
+    copies = batch if experiment.batch_parallel else 1
     align = 0
-    if config["train.align_every"]:
+    if experiment.training.align_every:
         # record at every g-th batch of a run, g dividing both the run and the
         # sampling interval, so every sampled batch of the epoch is recorded
-        align = math.gcd(config["train.align_every"], chunk_samples // batch) * (batch // copies)
+        align = math.gcd(experiment.training.align_every, chunk_samples // batch) * (batch // copies)
     return dataclasses.replace(
-        topology_from_config(config, max_relax=max_relax, n_samples=chunk_samples // copies),
+        topology_for(experiment, max_relax=max_relax, n_samples=chunk_samples // copies),
         record_variables=(), record_every=1, train=True, align_interval=align, copies=copies,
-        n_batches=chunk_samples // batch if rule_from_config(config).mirror else 0,
+        n_batches=chunk_samples // batch if experiment.rule.mirror else 0,
     )
 
 
@@ -137,53 +130,53 @@ class BrianTrainer:
 
     Parameters
     ----------
-    config : dict
-        Resolved model config with ``train.*`` keys.
+    experiment : arsim.spec.Experiment
     chunk_samples : int
         Samples per run (a whole number of batches; fixes the build).
     device : {"cpp", "runtime"}
     max_relax : int, optional
-        Longest relaxation of the build (default: the config's).
+        Longest relaxation of the build (default: the experiment's).
     runner : Runner, optional
         A compiled network of this topology to reuse.
     """
 
-    def __init__(self, config: dict, chunk_samples: int, device: str = "cpp", max_relax: int | None = None,
+    def __init__(self, experiment: Experiment, chunk_samples: int, device: str = "cpp", max_relax: int | None = None,
                  runner: Runner | None = None):
-        self.config = config
-        batch = config["train.batch_size"]
+        self.experiment = experiment
+        batch = experiment.training.batch_size
         if chunk_samples < batch or chunk_samples % batch:
             raise ValueError(f"a run holds whole batches: {chunk_samples} samples with batch size {batch}")
-        self.topology = train_topology(config, chunk_samples, max_relax)
-        if n_relax_steps(config) > self.topology.max_relax:
-            raise ValueError(f"{n_relax_steps(config)} relaxation steps requested; the build holds at most {self.topology.max_relax}")
+        self.topology = train_topology(experiment, chunk_samples, max_relax)
+        n_relax = experiment.network.n_relax_steps
+        if n_relax > self.topology.max_relax:
+            raise ValueError(f"{n_relax} relaxation steps requested; the build holds at most {self.topology.max_relax}")
         if runner is not None and runner.topology != self.topology:
             raise ValueError("the runner was built for another topology")
-        self.rule = rule_from_config(config)
+        self.rule = experiment.rule
         self.runner = runner or get_runner(self.topology, device)
 
     def mirror_noise(self, epoch: int, first_batch: int) -> dict:
         """The mirror noise of one run, ``{l: (batches, steps, samples, n_l)}``, seeded by (seed, epoch, first batch)."""
         if not self.rule.mirror:
             return {}
-        rng = np.random.default_rng([self.config["seed"], 7, epoch, first_batch])
-        n_batches = self.topology.samples_per_run // self.config["train.batch_size"]
-        return self.rule.mirror_noise(rng, n_batches, self.config["sizes"])
+        rng = np.random.default_rng([self.experiment.seed, 7, epoch, first_batch])
+        n_batches = self.topology.samples_per_run // self.experiment.training.batch_size
+        return self.rule.mirror_noise(rng, n_batches, self.experiment.network.sizes)
 
     def params_for_run(self, params: Params, x: np.ndarray, targets: np.ndarray, noise: dict | None = None) -> dict:
         """Run-time arrays of one run: those of a relaxation plus the learning parameters."""
-        config, topo = self.config, self.topology
+        topo, net, training = self.topology, self.experiment.network, self.experiment.training
         # sample p * copies + c is copy c of period p: the rows of x, flattened, are the input rows
         b = [np.tile(v, topo.copies) for v in params.b]
-        out = network_params(topo, config, Problem(W=params.W, b=b, B=params.B, x_in=x, target=targets))
+        out = network_params(topo, net, Problem(W=params.W, b=b, B=params.B, x_in=x, target=targets))
         for layer in range(topo.n_layers + 1):
             # training always relaxes from the forward state, as its numpy references do
             out[f"layer{layer}.x_start"] = np.array([1.0])
-            out[f"layer{layer}.lr"] = np.array([config["train.lr"]])
-            out[f"layer{layer}.batch_size"] = np.array([config["train.batch_size"]])
-            out[f"layer{layer}.learn_bias"] = np.array([1.0 if config["bias"] else 0.0])
+            out[f"layer{layer}.lr"] = np.array([training.lr])
+            out[f"layer{layer}.batch_size"] = np.array([training.batch_size])
+            out[f"layer{layer}.learn_bias"] = np.array([1.0 if net.bias else 0.0])
         if topo.projection == "dense":
-            for layer, values in enumerate(self.rule.plasticity_scalars(config["train.lr"], config["sizes"])):
+            for layer, values in enumerate(self.rule.plasticity_scalars(training.lr, net.sizes)):
                 for name, value in values.items():
                     out[f"proj{layer}.{name}"] = np.array([value])
         for layer, values in (noise or {}).items():
@@ -217,12 +210,11 @@ class BrianTrainer:
 
     def _alignment(self, raw: dict, x: np.ndarray, targets: np.ndarray, first_batch: int) -> list:
         """Angle and relative error of the recorded batch updates against BP on the same batch."""
-        topo, config = self.topology, self.config
+        topo, net = self.topology, self.experiment.network
         if not topo.align_interval:
             return []
-        batch, every = config["train.batch_size"], config["train.align_every"]
-        hidden = get_activation(config["activation"], config["leaky_slope"])
-        output = get_activation(config["output_activation"], config["leaky_slope"])
+        batch, every = self.experiment.training.batch_size, self.experiment.training.align_every
+        hidden, output = net.hidden, net.output
         sizes = topo.sizes
         rows = []
         for record, t in enumerate(raw["align0.t"]):
@@ -234,8 +226,8 @@ class BrianTrainer:
             # the recorded weights are those the batch was computed with (not yet updated)
             W = [raw[f"align{l}.w"][record].reshape(sizes[l + 1], sizes[l]) for l in range(topo.n_layers)]
             b = [raw[f"alignb{l + 1}.b"][record] for l in range(topo.n_layers)]
-            fwd = oracle.forward(W, b, x[first:boundary], hidden, output, config["loss"])
-            bp = oracle.backward(W, fwd, targets[first:boundary], config["loss"])
+            fwd = oracle.forward(W, b, x[first:boundary], hidden, output, net.loss)
+            bp = oracle.backward(W, fwd, targets[first:boundary], net.loss)
             for l in range(topo.n_layers):
                 update = raw[f"align{l}.dw_acc"][record].reshape(sizes[l + 1], sizes[l])
                 rows.append(
@@ -244,21 +236,21 @@ class BrianTrainer:
         return rows
 
 
-def bp_epoch(config: dict, params: Params, x: np.ndarray, targets: np.ndarray, after_batch=None) -> Params:
+def bp_epoch(experiment: Experiment, params: Params, x: np.ndarray, targets: np.ndarray, after_batch=None) -> Params:
     """One epoch of minibatch SGD with exact backprop (numpy, float64, batched).
 
     ``after_batch(batch_index, params)`` is called after every update.
     """
-    hidden = get_activation(config["activation"], config["leaky_slope"])
-    output = get_activation(config["output_activation"], config["leaky_slope"])
-    batch, lr = config["train.batch_size"], config["train.lr"]
+    net = experiment.network
+    hidden, output = net.hidden, net.output
+    batch, lr = experiment.training.batch_size, experiment.training.lr
     new = params.copy()
     for index, start in enumerate(range(0, len(x) - batch + 1, batch)):
-        fwd = oracle.forward(new.W, new.b, x[start:start + batch], hidden, output, config["loss"])
-        grads = oracle.backward(new.W, fwd, targets[start:start + batch], config["loss"])
+        fwd = oracle.forward(new.W, new.b, x[start:start + batch], hidden, output, net.loss)
+        grads = oracle.backward(new.W, fwd, targets[start:start + batch], net.loss)
         for l in range(len(new.W)):
             new.W[l] = new.W[l] - lr * grads.dW[l]
-            if config["bias"]:
+            if net.bias:
                 new.b[l] = new.b[l] - lr * grads.db[l]
         new.B = [w.T.copy() for w in new.W]
         if after_batch is not None:
@@ -266,13 +258,11 @@ def bp_epoch(config: dict, params: Params, x: np.ndarray, targets: np.ndarray, a
     return new
 
 
-def evaluate(config: dict, params: Params, x: np.ndarray, labels: np.ndarray, n_classes: int) -> dict:
+def evaluate(network: NetworkSpec, params: Params, x: np.ndarray, labels: np.ndarray, n_classes: int) -> dict:
     """Mean loss per sample and accuracy of the forward network on ``x``."""
-    hidden = get_activation(config["activation"], config["leaky_slope"])
-    output = get_activation(config["output_activation"], config["leaky_slope"])
-    out = oracle.forward(params.W, params.b, x, hidden, output, config["loss"]).xbar[-1]
+    out = oracle.forward(params.W, params.b, x, network.hidden, network.output, network.loss).xbar[-1]
     targets = np.eye(n_classes)[labels]
     return {
-        "loss": oracle.loss(out, targets, config["loss"]) / len(x),
+        "loss": oracle.loss(out, targets, network.loss) / len(x),
         "accuracy": float(np.mean(np.argmax(out, axis=1) == labels)),
     }

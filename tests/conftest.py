@@ -9,8 +9,11 @@ import pytest
 
 from arsim.config import resolve
 from arsim.devices import get_runner
-from arsim.network import topology_from_config
+from arsim.network import topology_for
 from arsim.relax import run_relaxation
+from arsim.spec import Experiment
+
+E = Experiment.from_config  # tests type a resolved config as the CLI does
 
 #: every relaxation test compiles for this many steps and runs fewer via run-time n_relax
 MAX_RELAX = 300
@@ -37,7 +40,7 @@ def relax(build_dir):
 
     def run(device="cpp", **keys):
         config = resolve({"sizes": SMALL_NET, "init_std": 0.5, "duration": 300.0, **keys})
-        topo = topology_from_config(config, max_relax=MAX_RELAX)
+        topo = topology_for(E(config), max_relax=MAX_RELAX)
         key = (topo, device)
         if key not in runners:
             runners[key] = get_runner(topo, device)

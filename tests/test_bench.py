@@ -73,9 +73,9 @@ def test_synapse_update_count_closed_form():
 
 def test_equal_work_tolerance_by_precision():
     """float64 must agree to 1e-9; float32 to the tolerance the caller derives from its scale."""
-    assert bench._check_equal(5e-10, 1e-3, {"precision": "float64"}, "runs") == 1e-9
+    assert bench._check_equal(5e-10, 1e-3, "float64", "runs") == 1e-9
     with pytest.raises(AssertionError, match="differ by 2e-09"):
-        bench._check_equal(2e-9, 1e-3, {"precision": "float64"}, "runs")
-    assert bench._check_equal(5e-4, 1e-3, {"precision": "float32"}, "runs") == 1e-3
+        bench._check_equal(2e-9, 1e-3, "float64", "runs")
+    assert bench._check_equal(5e-4, 1e-3, "float32", "runs") == 1e-3
     with pytest.raises(AssertionError, match="> 0.001"):
-        bench._check_equal(2e-3, 1e-3, {"precision": "float32"}, "runs")
+        bench._check_equal(2e-3, 1e-3, "float32", "runs")

@@ -43,11 +43,12 @@ def generated(request, tmp_path_factory):
 
     from arsim import cpp_projection
     from arsim.config import resolve
-    from arsim.network import build_network, topology_from_config
+    from arsim.network import build_network, topology_for
+    from arsim.spec import Experiment
 
     precision = request.param
     config = resolve({"sizes": [3, 4, 2], "feedback": "learned", "duration": 4.0, "precision": precision})
-    topo = dataclasses.replace(topology_from_config(config), record_variables=(), train=True, copies=2)
+    topo = dataclasses.replace(topology_for(Experiment.from_config(config)), record_variables=(), train=True, copies=2)
     directory = tmp_path_factory.mktemp(f"generated_{precision}")
     prefs.reset_to_defaults()
     set_device("cpp_standalone", build_on_run=False, directory=str(directory))

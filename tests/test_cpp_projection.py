@@ -25,13 +25,15 @@ import numpy as np
 import pytest
 
 from arsim import oracle
-from arsim.rules import rule_from_config
 from arsim.activations import get_activation
 from arsim.config import n_relax_steps, resolve
 from arsim.devices import Runner, StandaloneRunner
-from arsim.network import Topology, build_network, topology_from_config
+from arsim.network import Topology, build_network, topology_for
 from arsim.reference import relax_euler
 from arsim.training import BrianTrainer, init_params, train_topology
+from arsim.spec import Experiment
+
+E = Experiment.from_config  # tests type a resolved config as the CLI does
 from conftest import training_data
 
 SIZES = [6, 5, 4, 3, 2]
@@ -81,12 +83,12 @@ def trained(build_dir):
     def get(variant):
         if variant not in cache:
             config = _config(**VARIANTS[variant])
-            topology = train_topology(config, N_SAMPLES, MAX_RELAX)
+            topology = train_topology(E(config), N_SAMPLES, MAX_RELAX)
             assert topology.projection == "dense"
             runner = _Recording(topology, StandaloneRunner(replace(topology, record_variables=("x",), record_every=1)))
-            params = init_params(config)
+            params = init_params(E(config))
             x, targets = _data(config)
-            result = BrianTrainer(config, N_SAMPLES, max_relax=MAX_RELAX, runner=runner).run_chunk(params, x, targets)
+            result = BrianTrainer(E(config), N_SAMPLES, max_relax=MAX_RELAX, runner=runner).run_chunk(params, x, targets)
             cache[variant] = (config, params, x, targets, result, runner.last, topology.copies)
         return cache[variant]
 
@@ -96,7 +98,7 @@ def trained(build_dir):
 def _reference_epoch(config, params, x, targets):
     """Numpy training (batched, no Brian2) and the weights in force at each batch."""
     before = [params.copy()]
-    final = rule_from_config(config).reference_epoch(config, params, x, targets, after_batch=lambda index, p: before.append(p.copy()))
+    final = E(config).rule.reference_epoch(E(config), params, x, targets, after_batch=lambda index, p: before.append(p.copy()))
     return final, before
 
 
@@ -149,8 +151,8 @@ def test_dense_network_has_no_per_step_synaptic_sums():
     reset_device("runtime")
     config = _config(forward="relaxed", feedback="learned")
     with catch_logs():  # the objects are never run: silence Brian2's "unused object" warnings
-        dense = build_network(train_topology(config, N_SAMPLES, MAX_RELAX))
-        synapses = build_network(train_topology(resolve({**config, "projection": "synapses"}), N_SAMPLES, MAX_RELAX))
+        dense = build_network(train_topology(E(config), N_SAMPLES, MAX_RELAX))
+        synapses = build_network(train_topology(E(resolve({**config, "projection": "synapses"})), N_SAMPLES, MAX_RELAX))
         for index, (d, s) in enumerate(zip(dense.projections, synapses.projections)):
             assert not d.summed_updaters
             assert set(s.summed_updaters) == {"a_post", "anow_post"} | ({"fb_pre"} if index else set())
@@ -163,17 +165,17 @@ def test_dense_network_has_no_per_step_synaptic_sums():
 
 def test_projection_key_reaches_the_build_key():
     config = _config()
-    assert topology_from_config(config).projection == "dense"
-    assert train_topology(config, N_SAMPLES).projection == "dense"
-    assert topology_from_config(resolve({**config, "projection": "synapses"})).projection == "synapses"
-    assert topology_from_config(config) != topology_from_config(resolve({**config, "projection": "synapses"}))
+    assert topology_for(E(config)).projection == "dense"
+    assert train_topology(E(config), N_SAMPLES).projection == "dense"
+    assert topology_for(E(resolve({**config, "projection": "synapses"}))).projection == "synapses"
+    assert topology_for(E(config)) != topology_for(E(resolve({**config, "projection": "synapses"})))
 
 
 @pytest.mark.parametrize("keys", [{}, {"feedback": "learned", "feedback_std": 0.5, "derivative": False}], ids=["exact", "learned+noderiv"])
 def test_runtime_device_dense_relaxation_equals_numpy_euler(relax, keys):
     """The numpy implementations of the dense functions (runtime device, no compiler)."""
     res = relax(device="runtime", projection="dense", duration=30.0, dt=1.5, tau=10.0, bias=True, **keys)
-    cfg = res.config
+    cfg = res.experiment.config
     fwd = oracle.forward(
         res.problem.W, res.problem.b, res.problem.x_in, get_activation(cfg["activation"]), get_activation(cfg["output_activation"]), cfg["loss"]
     )
@@ -185,9 +187,9 @@ def test_runtime_device_dense_relaxation_equals_numpy_euler(relax, keys):
 
 def test_runtime_device_dense_relaxed_forward_training_equals_numpy():
     config = _config(forward="relaxed", ordering="sequential", duration=15.0)
-    params = init_params(config)
+    params = init_params(E(config))
     x, targets = _data(config)
-    result = BrianTrainer(config, N_SAMPLES, device="runtime", max_relax=10).run_chunk(params, x, targets)
+    result = BrianTrainer(E(config), N_SAMPLES, device="runtime", max_relax=10).run_chunk(params, x, targets)
     final, _ = _reference_epoch(config, params, x, targets)
     for l in range(len(SIZES) - 1):
         np.testing.assert_allclose(result.params.W[l], final.W[l], rtol=0, atol=1e-10)
@@ -203,13 +205,13 @@ def test_float32_training_equals_float32_numpy(build_dir, parallel):
     float32), but by no more than float32 accuracy allows.
     """
     config = _config(precision="float32", duration=30.0, **{"train.parallel": parallel})
-    params = init_params(config)
+    params = init_params(E(config))
     x, targets = _data(config)
-    trainer = BrianTrainer(config, N_SAMPLES, max_relax=20 if parallel == "batch" else MAX_RELAX)
+    trainer = BrianTrainer(E(config), N_SAMPLES, max_relax=20 if parallel == "batch" else MAX_RELAX)
     assert trainer.topology.precision == "float32"
     result = trainer.run_chunk(params, x, targets).params
-    single = rule_from_config(config).reference_epoch(config, params.astype(np.float32), x.astype(np.float32), targets.astype(np.float32))
-    double = rule_from_config(config).reference_epoch(config, params, x, targets)
+    single = E(config).rule.reference_epoch(E(config), params.astype(np.float32), x.astype(np.float32), targets.astype(np.float32))
+    double = E(config).rule.reference_epoch(E(config), params, x, targets)
     assert single.W[0].dtype == np.float32  # the reference itself stayed in float32
     to_double, to_single = 0.0, 0.0
     for l in range(len(SIZES) - 1):
@@ -223,7 +225,7 @@ def test_float32_training_equals_float32_numpy(build_dir, parallel):
 def test_float32_relaxation_equals_numpy_euler(relax):
     """The batch-1 mat-vec loops in float32 against the float64 integration."""
     res = relax(projection="dense", precision="float32", duration=30.0, dt=1.5, tau=10.0, bias=True)
-    cfg = res.config
+    cfg = res.experiment.config
     fwd = oracle.forward(
         res.problem.W, res.problem.b, res.problem.x_in, get_activation(cfg["activation"]), get_activation(cfg["output_activation"]), cfg["loss"]
     )

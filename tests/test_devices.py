@@ -10,8 +10,11 @@ import pytest
 
 from arsim import devices
 from arsim.config import resolve
-from arsim.network import topology_from_config
+from arsim.network import topology_for
 from arsim.relax import draw_problem, network_params, run_relaxation
+from arsim.spec import Experiment
+
+E = Experiment.from_config  # tests type a resolved config as the CLI does
 
 from conftest import SMALL_NET
 
@@ -19,7 +22,7 @@ from conftest import SMALL_NET
 @pytest.fixture(scope="module")
 def small(build_dir):
     config = resolve({"sizes": SMALL_NET, "init_std": 0.5, "duration": 20.0, "bias": True})
-    topo = topology_from_config(config, max_relax=300)
+    topo = topology_for(E(config), max_relax=300)
     return config, topo, devices.get_runner(topo)
 
 
@@ -41,7 +44,7 @@ def test_model_source_edit_changes_the_build_key(small, monkeypatch):
 
 def test_wrong_size_or_unknown_run_time_array_is_refused(small):
     config, topo, runner = small
-    params = network_params(topo, config, draw_problem(config))
+    params = network_params(topo, E(config).network, draw_problem(E(config)))
     bad = dict(params, **{"proj1.w": params["proj1.w"][:-1]})
     with pytest.raises(ValueError, match=r"proj1\.w.*19 elements.*needs 20"):
         runner.run(bad)
@@ -72,7 +75,7 @@ def test_run_files_go_to_the_run_directory_and_are_removed(small, tmp_path, monk
         return original(args, **kwargs)
 
     monkeypatch.setattr(devices.subprocess, "run", spy)
-    result = runner.run(network_params(topo, config, draw_problem(config)))
+    result = runner.run(network_params(topo, E(config).network, draw_problem(E(config))))
     assert result["layer1.x"].shape == (SMALL_NET[1],)
     assert len(seen) == 1 and seen[0].startswith(str(tmp_path))
     assert list(tmp_path.iterdir()) == []

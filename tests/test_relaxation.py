@@ -21,7 +21,7 @@ VARIANTS = [
 @pytest.mark.parametrize("keys", VARIANTS, ids=lambda k: ",".join(f"{a}={b}" for a, b in k.items()) or "exact")
 def test_brian2_trajectory_equals_numpy_euler(relax, keys):
     res = relax(duration=60.0, dt=1.5, tau=10.0, **keys)
-    cfg = res.config
+    cfg = res.experiment.config
     hidden = get_activation(cfg["activation"])
     output = get_activation(cfg["output_activation"])
     fwd = oracle.forward(res.problem.W, res.problem.b, res.problem.x_in, hidden, output, cfg["loss"])
@@ -97,7 +97,7 @@ def _solve_fixed_point(B, fp, e, derivative):
 )
 def test_simplifications_converge_to_their_own_fixed_point(relax, keys):
     res = relax(duration=300.0, bias=True, **keys)
-    expected = _solve_fixed_point(res.B_used, res.fp, res.x[-1], res.config["derivative"])
+    expected = _solve_fixed_point(res.B_used, res.fp, res.x[-1], res.experiment.config["derivative"])
     for layer, value in expected.items():
         np.testing.assert_allclose(res.x[layer], value, rtol=1e-8, atol=1e-12)
     # ... which is not the backprop adjoint below the top hidden layer (whose

@@ -15,10 +15,13 @@ from arsim.activations import get_activation
 from arsim.cli import main
 from arsim.config import ConfigError, resolve
 from arsim.devices import get_runner
-from arsim.network import topology_from_config
+from arsim.network import topology_for
 from arsim.relax import Problem, draw_problem, network_params, run_relaxation
-from arsim.rules import RULES, cards, primitives, rule_from_config
+from arsim.rules import RULES, cards, primitives
 from arsim.training import BrianTrainer, init_params
+from arsim.spec import Experiment
+
+E = Experiment.from_config  # tests type a resolved config as the CLI does
 from conftest import training_data
 
 SIZES = [5, 4, 3, 2]
@@ -50,10 +53,10 @@ CASES = [(rule, "batch") for rule in SIMULATED] + [(rule, "sample") for rule in 
 def test_brian_training_equals_the_rules_numpy_reference(rule, parallel, build_dir):
     config = _train_config(rule, **{"train.parallel": parallel})
     x, targets = training_data(config, N_SAMPLES)
-    trainer = BrianTrainer(config, N_SAMPLES)
-    start = init_params(config)
+    trainer = BrianTrainer(E(config), N_SAMPLES)
+    start = init_params(E(config))
     result = trainer.run_chunk(start, x, targets, epoch=1)
-    reference = rule_from_config(config).reference_epoch(config, start, x, targets, noise=trainer.mirror_noise(1, 0))
+    reference = E(config).rule.reference_epoch(E(config), start, x, targets, noise=trainer.mirror_noise(1, 0))
     for name in ("W", "b", "B"):
         assert _max_diff(getattr(result.params, name), getattr(reference, name)) < 1e-10, name
     # the comparison can fail: the weights moved by much more than the tolerance
@@ -80,7 +83,7 @@ def relax_runner(build_dir):
     runners = {}
 
     def get(config):
-        topo = topology_from_config(config)
+        topo = topology_for(E(config))
         if topo not in runners:
             runners[topo] = get_runner(topo)
         return runners[topo]
@@ -93,7 +96,7 @@ def _relax_config(rule, **keys):
 
 
 def _relax(config, runner, problem):
-    raw = runner.run(network_params(runner.topology, config, problem))
+    raw = runner.run(network_params(runner.topology, E(config).network, problem))
     return [raw[f"layer{l}.x"] for l in range(len(config["sizes"]))]
 
 
@@ -114,7 +117,7 @@ def _fa_backward(problem, config):
 def test_fa_relaxation_is_the_fa_backward_pass(eta_steps, relax_runner):
     eta, steps = eta_steps
     config = _relax_config("fa", dt=10.0 * eta, duration=10.0 * eta * steps)
-    problem = draw_problem(config)
+    problem = draw_problem(E(config))
     x = _relax(config, relax_runner(config), problem)
     g = _fa_backward(problem, config)
     for l in (1, 2):
@@ -126,7 +129,7 @@ def test_fa_relaxation_is_the_fa_backward_pass(eta_steps, relax_runner):
 
 def test_dfa_on_a_linear_net_with_transposed_products_is_backprop(relax_runner):
     config = _relax_config("dfa", activation="linear")
-    problem = draw_problem(config)
+    problem = draw_problem(E(config))
     W = problem.W
     n_layers = len(W)
     # D^l = (W^{L-1} ... W^l)^T: the linear chain's exact adjoint map

@@ -4,11 +4,13 @@ import numpy as np
 import pytest
 
 from arsim import oracle
-from arsim.rules import rule_from_config
 from arsim.activations import get_activation
 from arsim.config import resolve
 from arsim.reference import relax_euler
 from arsim.training import BrianTrainer, Params, bp_epoch, chunk_batches, init_params, train_topology
+from arsim.spec import Experiment
+
+E = Experiment.from_config  # tests type a resolved config as the CLI does
 from conftest import training_data
 
 SIZES = [5, 4, 3, 2]
@@ -57,10 +59,10 @@ def trainers(build_dir):
     runners = {}
 
     def get(config):
-        topology = train_topology(config, N_SAMPLES, MAX_RELAX)
+        topology = train_topology(E(config), N_SAMPLES, MAX_RELAX)
         if topology not in runners:
-            runners[topology] = BrianTrainer(config, N_SAMPLES, max_relax=MAX_RELAX).runner
-        return BrianTrainer(config, N_SAMPLES, max_relax=MAX_RELAX, runner=runners[topology])
+            runners[topology] = BrianTrainer(E(config), N_SAMPLES, max_relax=MAX_RELAX).runner
+        return BrianTrainer(E(config), N_SAMPLES, max_relax=MAX_RELAX, runner=runners[topology])
 
     return get
 
@@ -141,15 +143,15 @@ def _assert_params_close(a: Params, b: Params, atol):
 @pytest.mark.parametrize("rule", list(RULES))
 def test_batched_numpy_ar_equals_per_sample_reference(rule):
     config = _config(duration=25.0, **RULES[rule])
-    params = init_params(config)
+    params = init_params(E(config))
     x, targets = _data(config)
-    _assert_params_close(rule_from_config(config).reference_epoch(config, params, x, targets), per_sample_reference(config, params, x, targets, 25), 1e-13)
+    _assert_params_close(E(config).rule.reference_epoch(E(config), params, x, targets), per_sample_reference(config, params, x, targets, 25), 1e-13)
 
 
 @pytest.mark.parametrize("rule", list(RULES))
 def test_brian2_training_equals_numpy(trainers, rule):
     config = _config(**RULES[rule])
-    params = init_params(config)
+    params = init_params(E(config))
     x, targets = _data(config)
     result = trainers(config).run_chunk(params, x, targets)
     _assert_params_close(result.params, per_sample_reference(config, params, x, targets, 300), 1e-10)
@@ -160,22 +162,22 @@ def test_brian2_training_equals_numpy(trainers, rule):
 def test_short_relaxation_is_not_backprop_and_matches_numpy(trainers):
     """At 5 steps AR differs from BP, and the Brian2 run still equals numpy at that length."""
     config = _config(duration=5.0)
-    params = init_params(config)
+    params = init_params(E(config))
     x, targets = _data(config)
     result = trainers(config).run_chunk(params, x, targets)
     _assert_params_close(result.params, per_sample_reference(config, params, x, targets, 5), 1e-10)
-    bp = bp_epoch(config, params, x, targets)
+    bp = bp_epoch(E(config), params, x, targets)
     assert np.abs(result.params.W[0] - bp.W[0]).max() > 1e-6
 
 
 @pytest.mark.parametrize("rule", ["exact", "ce+relu"])
 def test_long_relaxation_batch_update_equals_backprop(trainers, rule):
     config = _config(**RULES[rule])
-    params = init_params(config)
+    params = init_params(E(config))
     x, targets = _data(config)
     result = trainers(config).run_chunk(params, x[:N_SAMPLES], targets[:N_SAMPLES])
     # three batch updates, each from the weights the previous one left: BP on the same schedule
-    bp = bp_epoch(config, params, x, targets)
+    bp = bp_epoch(E(config), params, x, targets)
     for l in range(3):
         scale = np.abs(bp.W[l] - params.W[l]).max()
         np.testing.assert_allclose(result.params.W[l] - params.W[l], bp.W[l] - params.W[l], rtol=0, atol=1e-8 * scale)
@@ -186,7 +188,7 @@ def test_long_relaxation_batch_update_equals_backprop(trainers, rule):
 def test_long_relaxation_alignment_is_zero(trainers):
     """The recorded Brian2 batch updates point along BP's gradient (angle ~ 0) at 30 tau."""
     config = _config()
-    params = init_params(config)
+    params = init_params(E(config))
     x, targets = _data(config)
     result = trainers(config).run_chunk(params, x, targets)
     assert sorted({row[0] for row in result.alignment}) == [1, 2, 3]
@@ -199,10 +201,10 @@ def test_short_relaxation_alignment_equals_numpy_update(trainers):
     from arsim import metrics
 
     config = _config(duration=3.0)
-    params = init_params(config)
+    params = init_params(E(config))
     x, targets = _data(config)
     result = trainers(config).run_chunk(params, x, targets)
-    dW, _, _ = rule_from_config(config).reference_update(config, params.W, params.b, params.B, x[:BATCH], targets[:BATCH])
+    dW, _, _ = E(config).rule.reference_update(E(config).network, params.W, params.b, params.B, x[:BATCH], targets[:BATCH])
     hidden = get_activation(config["activation"])
     output = get_activation(config["output_activation"])
     fwd = oracle.forward(params.W, params.b, x[:BATCH], hidden, output, config["loss"])
@@ -216,7 +218,7 @@ def test_short_relaxation_alignment_equals_numpy_update(trainers):
 
 def test_learned_backward_keeps_B_minus_W_transpose_constant(trainers):
     config = _config(**RULES["learned"])
-    params = init_params(config)
+    params = init_params(E(config))
     x, targets = _data(config)
     state = params
     for _ in range(3):
@@ -228,7 +230,7 @@ def test_learned_backward_keeps_B_minus_W_transpose_constant(trainers):
 
 def test_random_backward_stays_fixed(trainers):
     config = _config(**RULES["random+sequential"])
-    params = init_params(config)
+    params = init_params(E(config))
     x, targets = _data(config)
     state = trainers(config).run_chunk(params, x, targets).params
     for l in range(3):
@@ -242,20 +244,20 @@ def test_chunk_batches_is_largest_divisor_within_limit(n_batches, batch, limit, 
 
 def test_parallel_mode_sets_the_copies_of_the_build():
     """auto relaxes a batch at once with dense projections and sample by sample with synapses."""
-    assert train_topology(_config(), N_SAMPLES).copies == BATCH
-    assert train_topology(_config(), N_SAMPLES).n_samples == N_SAMPLES // BATCH
-    assert train_topology(_config(**RULES["sample"]), N_SAMPLES).copies == 1
-    assert train_topology(_config(**RULES["synapses"]), N_SAMPLES).copies == 1
-    assert train_topology(_config(**RULES["synapses"]), N_SAMPLES).n_samples == N_SAMPLES
+    assert train_topology(E(_config()), N_SAMPLES).copies == BATCH
+    assert train_topology(E(_config()), N_SAMPLES).n_samples == N_SAMPLES // BATCH
+    assert train_topology(E(_config(**RULES["sample"])), N_SAMPLES).copies == 1
+    assert train_topology(E(_config(**RULES["synapses"])), N_SAMPLES).copies == 1
+    assert train_topology(E(_config(**RULES["synapses"])), N_SAMPLES).n_samples == N_SAMPLES
 
 
 @pytest.mark.parametrize("rule", ["learned+noderiv", "relaxed-forward+learned+sequential"])
 def test_batch_parallel_runtime_target_equals_numpy(rule):
     """The numpy side of the batch-parallel functions (Brian2 runtime target) also equals the reference."""
     config = _config(duration=20.0, **RULES[rule])
-    params = init_params(config)
+    params = init_params(E(config))
     x, targets = _data(config)
-    result = BrianTrainer(config, N_SAMPLES, device="runtime", max_relax=20).run_chunk(params, x, targets)
+    result = BrianTrainer(E(config), N_SAMPLES, device="runtime", max_relax=20).run_chunk(params, x, targets)
     assert result.alignment  # the monitors saw every batch
     _assert_params_close(result.params, per_sample_reference(config, params, x, targets, 20), 1e-10)
 
@@ -273,6 +275,6 @@ def test_long_run_has_no_clock_drift(build_dir, parallel):
     rng = np.random.default_rng(11)
     x = rng.uniform(0.0, 1.0, size=(n, 4))
     targets = np.eye(2)[rng.integers(2, size=n)]
-    params = init_params(config)
-    result = BrianTrainer(config, n).run_chunk(params, x, targets)
-    _assert_params_close(result.params, rule_from_config(config).reference_epoch(config, params, x, targets), 1e-10)
+    params = init_params(E(config))
+    result = BrianTrainer(E(config), n).run_chunk(params, x, targets)
+    _assert_params_close(result.params, E(config).rule.reference_epoch(E(config), params, x, targets), 1e-10)

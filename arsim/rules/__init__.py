@@ -10,7 +10,7 @@ from __future__ import annotations
 from . import ar, bp, fa, dfa, kp, wm, ia, sign  # noqa: F401,I001
 from .base import PLASTICITY_SCALARS, RULES, Param, Rule, register
 
-__all__ = ["RULES", "Rule", "Param", "register", "PLASTICITY_SCALARS", "FEEDBACK_CHOICES", "make_rule", "rule_from_config", "cards"]
+__all__ = ["RULES", "Rule", "Param", "register", "PLASTICITY_SCALARS", "FEEDBACK_CHOICES", "make_rule", "cards"]
 
 #: AR's ``feedback`` switch
 FEEDBACK_CHOICES = ("transpose", "learned", "random")
@@ -20,14 +20,6 @@ def make_rule(name: str, settings: dict | None = None, derivative: bool = True, 
               forward: str = "frozen", feedback: str = "transpose") -> Rule:
     """Instantiate the rule called ``name``."""
     return RULES[name](settings, derivative=derivative, ordering=ordering, forward=forward, feedback=feedback)
-
-
-def rule_from_config(config: dict) -> Rule:
-    """The rule of a resolved config, with its table's values."""
-    name = config["rule"]
-    settings = {key: config[f"{name}.{key}"] for key in RULES[name].params}
-    return make_rule(name, settings, derivative=config["derivative"], ordering=config["ordering"],
-                     forward=config["forward"], feedback=config["feedback"])
 
 
 def cards() -> str:

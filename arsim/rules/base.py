@@ -147,6 +147,7 @@ class Rule:
         self.settings.update(settings or {})
         self.derivative = derivative
         self.ordering = ordering
+        self.forward = forward
         self.frozen_forward = forward == "frozen"
         self.feedback = feedback
 
@@ -322,8 +323,10 @@ class Rule:
                     x[l] = x[l] + eta * (drive(l) - x[l])
         return x
 
-    def reference_update(self, config: dict, W, b, B, x_in, targets):
+    def reference_update(self, network, W, b, B, x_in, targets):
         """The rule's summed local update of one minibatch and what the backward step needs.
+
+        ``network`` is the `arsim.spec.NetworkSpec` (activations, loss, dt/tau, steps).
 
         Returns
         -------
@@ -333,13 +336,10 @@ class Rule:
             The batch's forward activity (the amp/null primitives use it).
         """
         from .. import oracle
-        from ..activations import get_activation
-        from ..config import n_relax_steps
 
-        hidden = get_activation(config["activation"], config["leaky_slope"])
-        output = get_activation(config["output_activation"], config["leaky_slope"])
-        fwd = oracle.forward(W, b, x_in, hidden, output, config["loss"])
-        e = oracle.output_error(fwd.xbar[-1], targets, config["loss"])
+        hidden, output = network.hidden, network.output
+        fwd = oracle.forward(W, b, x_in, hidden, output, network.loss)
+        e = oracle.output_error(fwd.xbar[-1], targets, network.loss)
         n_layers = len(W)
 
         def current_fp(layer, x_below):
@@ -347,7 +347,7 @@ class Rule:
             return act.fprime(x_below @ W[layer - 1].T + b[layer - 1])
 
         relaxed = not self.frozen_forward
-        x = self.reference_relax(B, fwd.xbar, fwd.fp, e, config["dt"] / config["tau"], n_relax_steps(config),
+        x = self.reference_relax(B, fwd.xbar, fwd.fp, e, network.eta, network.n_relax_steps,
                                  current_fp=current_fp if relaxed else None)
         if relaxed:
             delta = [x[l + 1] * current_fp(l + 1, x[l]) for l in range(n_layers)]
@@ -357,14 +357,14 @@ class Rule:
             pre = fwd.xbar
         return [d.T @ pre[l] for l, d in enumerate(delta)], [d.sum(axis=0) for d in delta], fwd.xbar
 
-    def reference_epoch(self, config: dict, params, x_in: np.ndarray, targets: np.ndarray, noise: dict | None = None,
+    def reference_epoch(self, experiment, params, x_in: np.ndarray, targets: np.ndarray, noise: dict | None = None,
                         after_batch=None):
         """One epoch of the rule's minibatch SGD on the rows of ``x_in`` (numpy, float64).
 
         Parameters
         ----------
-        config : dict
-            Resolved config.
+        experiment : arsim.spec.Experiment
+            Its network and training settings (this rule's values are the rule's own).
         params : arsim.training.Params
             Weights at the start (not modified).
         noise : dict, optional
@@ -374,18 +374,18 @@ class Rule:
         """
         from . import primitives
 
-        batch, lr = config["train.batch_size"], config["train.lr"]
-        sizes = config["sizes"]
-        scalars = self.plasticity_scalars(lr, sizes)
+        network = experiment.network
+        batch, lr = experiment.training.batch_size, experiment.training.lr
+        scalars = self.plasticity_scalars(lr, network.sizes)
         new = params.copy()
         for index, start in enumerate(range(0, len(x_in) - batch + 1, batch)):
             stop = start + batch
-            dW, db, xbar = self.reference_update(config, new.W, new.b, new.B, x_in[start:stop], targets[start:stop])
+            dW, db, xbar = self.reference_update(network, new.W, new.b, new.B, x_in[start:stop], targets[start:stop])
             for l in range(len(new.W)):
                 s = scalars[l]
                 W_old = new.W[l]
                 new.W[l] = W_old - lr * (dW[l] + s["wdecay"] * W_old)
-                if config["bias"]:
+                if network.bias:
                     new.b[l] = new.b[l] - lr * db[l]
                 if not self.separate_backward:
                     new.B[l] = new.W[l].T.copy()

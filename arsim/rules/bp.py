@@ -27,7 +27,7 @@ network: `arsim relax` prints the oracle's own table (zero error by construction
     separate_backward = False
     projections = ("dense", "synapses")
 
-    def reference_epoch(self, config, params, x_in, targets, noise=None, after_batch=None):
+    def reference_epoch(self, experiment, params, x_in, targets, noise=None, after_batch=None):
         from ..training import bp_epoch
 
-        return bp_epoch(config, params, x_in, targets, after_batch=after_batch)
+        return bp_epoch(experiment, params, x_in, targets, after_batch=after_batch)

@@ -80,6 +80,7 @@ __all__ = [
     "to_mse",
     "Problem",
     "TrainResult",
+    "StudySpec",
     "check_config",
     "make_problem",
     "forward",
@@ -144,30 +145,67 @@ def to_mse(eta: float, lam: float, n: int) -> tuple:
 # config and problem
 
 
-def check_config(config: dict, source: str = "config") -> None:
-    """Check what `arsim.config.resolve` cannot: the net's shape and the key relations.
+@dataclass(frozen=True)
+class StudySpec:
+    """One point of the study, typed once from a resolved config (the ``sxl.*`` keys, ``sizes``, ``activation``, ``seed``)."""
+
+    d: int
+    p: int
+    activation: str
+    seed: int
+    n: int
+    data: str
+    mode: str
+    eta: float
+    lam: float
+    steps: int
+    mse_tol: float
+    check_every: int
+    max_steps: int
+    record_every: int
+    solver: str
+    sizes: tuple = ()
+
+    @classmethod
+    def from_config(cls, config) -> "StudySpec":
+        """Type a resolved config; `check_config` validates the relations."""
+        if isinstance(config, StudySpec):
+            return config
+        sizes = tuple(config["sizes"])
+        return cls(
+            d=sizes[0], p=sizes[1] if len(sizes) > 1 else 0, activation=config["activation"], seed=config["seed"],
+            n=config["sxl.n"], data=config["sxl.data"], mode=config["sxl.mode"], eta=config["sxl.eta"], lam=config["sxl.lambda"],
+            steps=config["sxl.steps"], mse_tol=config["sxl.mse_tol"], check_every=config["sxl.check_every"],
+            max_steps=config["sxl.max_steps"], record_every=config["sxl.record_every"], solver=config["sxl.solver"], sizes=sizes,
+        )
+
+
+def check_config(config, source: str = "config") -> StudySpec:
+    """Check what `arsim.config.resolve` cannot (the net's shape and the key relations); return the typed point.
 
     Raises
     ------
     ConfigError
         One line naming the key, its value and what is accepted.
     """
-    sizes = config["sizes"]
+    spec = StudySpec.from_config(config)
+    sizes = list(spec.sizes)
     if len(sizes) != 3 or sizes[-1] != 1:
         raise ConfigError(f"{source}: sizes = {sizes!r} with the sxl study; expected [d, p, 1] (inputs, hidden width, one output)")
-    if config["activation"] not in PSI:
+    if spec.activation not in PSI:
         raise ConfigError(
-            f"{source}: activation = {config['activation']!r} with the sxl study; expected one of {', '.join(map(repr, PSI))}"
+            f"{source}: activation = {spec.activation!r} with the sxl study; expected one of {', '.join(map(repr, PSI))}"
         )
-    decay = config["sxl.eta"] * config["sxl.lambda"]
+    decay = spec.eta * spec.lam
     if not decay < 1.0:
         raise ConfigError(
             f"{source}: sxl.eta * sxl.lambda = {decay!r} is out of range; expected < 1 (beta's decay factor 1 - eta lambda > 0)"
         )
-    if config["sxl.max_steps"] < config["sxl.steps"]:
+    if spec.max_steps < spec.steps:
         raise ConfigError(
-            f"{source}: sxl.max_steps = {config['sxl.max_steps']!r} is out of range; expected >= sxl.steps = {config['sxl.steps']}"
+            f"{source}: sxl.max_steps = {spec.max_steps!r} is out of range; expected >= sxl.steps = {spec.steps}"
         )
+    return spec
 
 
 @dataclass
@@ -208,14 +246,14 @@ class Problem:
         return self.W0.shape[1]
 
 
-def make_problem(config: dict) -> Problem:
-    """Draw the data and weights of a resolved config (``sizes = [d, p, 1]``, ``sxl.*``, ``seed``)."""
-    check_config(config)
-    d, p = config["sizes"][0], config["sizes"][1]
-    n, psi, seed = config["sxl.n"], config["activation"], config["seed"]
+def make_problem(config) -> Problem:
+    """Draw the data and weights of a point (a `StudySpec` or a resolved config: ``sizes = [d, p, 1]``, ``sxl.*``, ``seed``)."""
+    spec = check_config(config)
+    d, p = spec.d, spec.p
+    n, psi, seed = spec.n, spec.activation, spec.seed
     data = np.random.default_rng([seed, _DATA])
     X = data.standard_normal((n, d))
-    if config["sxl.data"] == "linear":
+    if spec.data == "linear":
         y = X @ data.standard_normal(d)
     else:
         teacher_W = data.standard_normal((d, p))
@@ -545,20 +583,12 @@ def summarize(problem: Problem, result: TrainResult, eta: float, lam: float, mod
     }
 
 
-def run_config(config: dict, source: str = "config") -> tuple:
-    """Run the study of a resolved config: ``(problem, result, summary)``."""
-    check_config(config, source)
-    problem = make_problem(config)
+def run_config(config, source: str = "config") -> tuple:
+    """Run the study of a resolved config (or a `StudySpec`): ``(problem, result, summary)``."""
+    spec = check_config(config, source)
+    problem = make_problem(spec)
     result = train(
-        problem,
-        steps=config["sxl.steps"],
-        eta=config["sxl.eta"],
-        lam=config["sxl.lambda"],
-        mode=config["sxl.mode"],
-        record_every=config["sxl.record_every"],
-        mse_tol=config["sxl.mse_tol"],
-        check_every=config["sxl.check_every"],
-        max_steps=config["sxl.max_steps"],
-        solver=config["sxl.solver"],
+        problem, steps=spec.steps, eta=spec.eta, lam=spec.lam, mode=spec.mode, record_every=spec.record_every,
+        mse_tol=spec.mse_tol, check_every=spec.check_every, max_steps=spec.max_steps, solver=spec.solver,
     )
-    return problem, result, summarize(problem, result, config["sxl.eta"], config["sxl.lambda"], config["sxl.mode"])
+    return problem, result, summarize(problem, result, spec.eta, spec.lam, spec.mode)
