@@ -63,11 +63,11 @@ from scipy.stats import binom  # noqa: E402
 
 from arsim import metrics  # noqa: E402
 from arsim.config import n_relax_steps, resolve  # noqa: E402
-from arsim.devices import get_runner  # noqa: E402
+from arsim.brian.devices import get_runner  # noqa: E402
 from arsim import figure_script  # noqa: E402
 from arsim.figure_script import store_data  # noqa: E402
 from arsim.io import provenance  # noqa: E402
-from arsim.network import topology_for  # noqa: E402
+from arsim.brian.network import topology_for  # noqa: E402
 from arsim.relax import run_relaxation  # noqa: E402
 from arsim.spec import Experiment  # noqa: E402
 

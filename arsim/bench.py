@@ -13,7 +13,7 @@ Measured (float64 unless ``precision = "float32"``):
 
 relaxation, batch 1
     the compiled Brian2 network relaxing one sample for ``--steps`` Euler
-    steps against `arsim.reference.relax_euler` (a dense BLAS mat-vec loop
+    steps against `arsim.reference.euler.relax_euler` (a dense BLAS mat-vec loop
     over the same equations), ``--relax-samples`` samples per run;
     throughput in synapse-updates per second,
     counting one multiply-add per weight of every mat-vec done (the forward
@@ -49,10 +49,11 @@ import time
 
 import numpy as np
 
-from . import __version__, oracle
-from .devices import StandaloneRunner
-from .network import Topology, topology_for
-from .reference import relax_euler
+from . import __version__
+from .brian.devices import StandaloneRunner
+from .brian.network import Topology, topology_for
+from .reference import oracle
+from .reference.euler import relax_euler
 from .relax import draw_problem, network_params
 from .spec import Experiment
 from .training import BrianTrainer, epoch_order, init_params, train_topology
@@ -230,7 +231,7 @@ def bench_training(experiment: Experiment, repeat: int, n_samples: int, build_ro
 
 def _bench_torch(experiment: Experiment, params, x, targets, trained, repeat: int, brian_times: list) -> dict:
     """The same batched AR training in PyTorch (float64), when torch is importable and the experiment is exact AR."""
-    from . import torch_peer
+    from .reference import torch_peer
 
     if not torch_peer.available() or experiment.network.precision != "float64":
         return {}
@@ -289,7 +290,7 @@ def run_bench(sizes: list, steps: int = 100, repeat: int = 5, train_samples: int
     if threads is not None:
         # the standalone runner passes the environment to the binary (default 1 thread)
         os.environ["OPENBLAS_NUM_THREADS"] = str(threads)
-    from . import torch_peer
+    from .reference import torch_peer
 
     if torch_peer.available():
         import torch

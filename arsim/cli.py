@@ -165,7 +165,7 @@ def _cmd_bench(args) -> int:
         if name not in RULES or not RULES[name].simulated:
             simulated = ", ".join(n for n, cls in RULES.items() if cls.simulated)
             raise ConfigError(f"--rule {name}: expected a simulated rule, one of {simulated}")
-    from .devices import build_cache_dir
+    from .brian.devices import build_cache_dir
 
     print("arsim: compiling the builds (relaxation, one-sample run, one per training mode), then timing...", file=sys.stderr)
     result = run_bench(sizes, steps=args.steps, repeat=args.repeat, train_samples=args.samples, overrides=overrides,
@@ -242,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="print the measurements as JSON")
     bench.add_argument("--cached", action="store_true", help="reuse cached builds (compile times are those recorded when built)")
     bench.set_defaults(func=_cmd_bench)
-    from . import cli_sweep  # the sweep and results subcommands
+    from .sweeps import cli as cli_sweep  # the sweep and results subcommands
 
     cli_sweep.register(sub)
     return parser

@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import metrics, oracle
+from . import metrics
 from .activations import ACTIVATION_CODES
-from .devices import Runner, get_runner
-from .network import DT_INTERNAL, Topology, topology_for
+from .brian.devices import Runner, get_runner
+from .brian.network import DT_INTERNAL, Topology, topology_for
+from .reference import oracle
 from .spec import Experiment, NetworkSpec
 
 __all__ = ["Problem", "draw_problem", "run_relaxation", "RelaxResult", "network_params", "layer_table"]

@@ -5,7 +5,7 @@ of batches (`chunk_batches`). The samples of a run (the epoch's order is
 shuffled from ``seed`` and the epoch number) are the rows of the input and
 target `TimedArray` s; every sample takes ``1 + N`` clock steps (forward
 sweep, ``N`` relaxation steps), the local update is accumulated at the start
-of the next sample and applied at each batch boundary (``arsim/neuron.py``).
+of the next sample and applied at each batch boundary (``arsim/brian/neuron.py``).
 Weights go in and come out as run-time arrays, so runs never recompile.
 
 The backprop baseline uses the same initial weights, sample order and batch
@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import metrics, oracle
-from .devices import Runner, get_runner
-from .network import DT_INTERNAL, Topology, topology_for
+from . import metrics
+from .brian.devices import Runner, get_runner
+from .brian.network import DT_INTERNAL, Topology, topology_for
+from .reference import oracle
 from .relax import Problem, network_params
 from .spec import Experiment, NetworkSpec
 

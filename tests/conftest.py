@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from arsim.config import resolve
-from arsim.devices import get_runner
-from arsim.network import topology_for
+from arsim.brian.devices import get_runner
+from arsim.brian.network import topology_for
 from arsim.relax import run_relaxation
 from arsim.spec import Experiment
 

@@ -1,8 +1,8 @@
 """The Brian2 device internals arsim relies on, checked against the installed Brian2.
 
-The dense projections (`arsim.cpp_projection`) reach Brian2's arrays from
+The dense projections (`arsim.brian.cpp_projection`) reach Brian2's arrays from
 hand-written C++ through the global symbols ``device.get_array_name``
-returns, and the standalone runner (`arsim.devices`) passes run-time
+returns, and the standalone runner (`arsim.brian.devices`) passes run-time
 arrays as ``group.variable=file`` arguments and reads the result files the
 binary writes. None of this is documented API. A Brian2 release that
 changes it would otherwise show up as a C++ compiler error or wrong
@@ -29,8 +29,8 @@ def _unsupported(what: str) -> str:
     import brian2
 
     return (
-        f"installed Brian2 {brian2.__version__}: {what}. arsim's C++ (arsim/cpp_projection.py) and standalone runner"
-        " (arsim/devices.py) rely on this device-internal detail: this Brian2 release is not supported"
+        f"installed Brian2 {brian2.__version__}: {what}. arsim's C++ (arsim/brian/cpp_projection.py) and standalone runner"
+        " (arsim/brian/devices.py) rely on this device-internal detail: this Brian2 release is not supported"
         " (setup.cfg's brian2 range) until they are adapted"
     )
 
@@ -41,9 +41,9 @@ def generated(request, tmp_path_factory):
     from brian2 import device, prefs, second, set_device
     from brian2.devices.device import reset_device
 
-    from arsim import cpp_projection
+    from arsim.brian import cpp_projection
     from arsim.config import resolve
-    from arsim.network import build_network, topology_for
+    from arsim.brian.network import build_network, topology_for
     from arsim.spec import Experiment
 
     precision = request.param
@@ -55,7 +55,7 @@ def generated(request, tmp_path_factory):
     try:
         built = build_network(topo)
         built.network.run(built.duration * second)
-        assert hasattr(cpp_projection, "_names"), "arsim.cpp_projection._names is gone: point this test at its replacement"
+        assert hasattr(cpp_projection, "_names"), "arsim.brian.cpp_projection._names is gone: point this test at its replacement"
         names = [
             cpp_projection._names(device, syn, built.layers[index], built.layers[index + 1])
             for index, syn in enumerate(built.projections)
@@ -151,7 +151,7 @@ def test_run_time_argument_names_and_result_files_are_what_the_runner_uses(gener
     objects = generated["objects.cpp"]
     for layer in generated["built"].layers:
         for var in ("b", "tau", "lr"):
-            argument = f"{layer.name}.{var}"  # arsim.devices: f"{view.group_name}.{view.name}"
+            argument = f"{layer.name}.{var}"  # arsim.brian.devices: f"{view.group_name}.{view.name}"
             assert f'name == "{argument}"' in objects, _unsupported(f"the binary does not accept the run-time argument {argument}=...")
     for syn in generated["built"].projections:
         for var in ("w", "wb"):

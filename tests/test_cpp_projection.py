@@ -1,6 +1,6 @@
 """The dense projection backend (``projection = "dense"``) against independent numpy code.
 
-`arsim.cpp_projection` computes the per-step feedback ``fb = B (x * f')``, the
+`arsim.brian.cpp_projection` computes the per-step feedback ``fb = B (x * f')``, the
 relaxed current drive ``anow = W x`` and the once-per-sample forward drive
 ``a = W xbar`` in C++ that reaches Brian2's arrays
 through device-internal global names (``brian::_array_*``,
@@ -10,7 +10,7 @@ relocates them, the build fails or the numbers here stop matching.
 
 Every compiled network here is a *training* network that also records ``x``
 of every layer at every step, so one build checks both (a) the relaxation
-trajectory of every sample against `arsim.reference.relax_euler` (with the
+trajectory of every sample against `arsim.reference.euler.relax_euler` (with the
 weights the numpy reference holds at that sample's batch) and (b) the
 trained weights against the rule's numpy reference (`arsim.rules.Rule.reference_epoch`), both to 1e-10. Six builds
 cover exact AR, sequential ordering with random feedback, learned feedback
@@ -24,12 +24,12 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from arsim import oracle
+from arsim.reference import oracle
 from arsim.activations import get_activation
 from arsim.config import n_relax_steps, resolve
-from arsim.devices import Runner, StandaloneRunner
-from arsim.network import Topology, build_network, topology_for
-from arsim.reference import relax_euler
+from arsim.brian.devices import Runner, StandaloneRunner
+from arsim.brian.network import Topology, build_network, topology_for
+from arsim.reference.euler import relax_euler
 from arsim.training import BrianTrainer, init_params, train_topology
 from arsim.spec import Experiment
 

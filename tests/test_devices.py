@@ -8,9 +8,9 @@ tests guard arsim's handling of both against a Brian2 upgrade.
 import numpy as np
 import pytest
 
-from arsim import devices
+from arsim.brian import devices
 from arsim.config import resolve
-from arsim.network import topology_for
+from arsim.brian.network import topology_for
 from arsim.relax import draw_problem, network_params, run_relaxation
 from arsim.spec import Experiment
 

@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
-from arsim import metrics, oracle
+from arsim import metrics
+
+from arsim.reference import oracle
 from arsim.activations import get_activation
 
 SIZES = [5, 4, 3, 3]

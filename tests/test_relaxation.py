@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from arsim import oracle
+from arsim.reference import oracle
 from arsim.activations import get_activation
-from arsim.reference import relax_euler
+from arsim.reference.euler import relax_euler
 
 VARIANTS = [
     {},

@@ -10,12 +10,14 @@ import math
 import numpy as np
 import pytest
 
-from arsim import metrics, oracle
+from arsim import metrics
+
+from arsim.reference import oracle
 from arsim.activations import get_activation
 from arsim.cli import main
 from arsim.config import ConfigError, resolve
-from arsim.devices import get_runner
-from arsim.network import topology_for
+from arsim.brian.devices import get_runner
+from arsim.brian.network import topology_for
 from arsim.relax import Problem, draw_problem, network_params, run_relaxation
 from arsim.rules import RULES, cards, primitives
 from arsim.training import BrianTrainer, init_params

@@ -15,9 +15,9 @@ import pytest
 
 from arsim.cli import main
 from arsim.config import SCHEMA, ConfigError, Key, resolve
-from arsim.store import Store
+from arsim.sweeps.store import Store
 from arsim.studies import song_xu_lafferty as sxl
-from arsim.sweep import plan_sweep
+from arsim.sweeps.plan import plan_sweep
 
 PSI = {
     "linear": (lambda z: z, lambda z: np.ones_like(z)),

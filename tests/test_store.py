@@ -17,11 +17,11 @@ import time
 import numpy as np
 import pytest
 
-from arsim import store as store_mod
+from arsim.sweeps import store as store_mod
 from arsim.cli import main
 from arsim.config import ConfigError, resolve
-from arsim.store import Store, point_hash
-from arsim.sweep import parse_where, record_values, select
+from arsim.sweeps.store import Store, point_hash
+from arsim.sweeps.plan import parse_where, record_values, select
 
 
 def _config(**keys):
@@ -113,7 +113,7 @@ WRITER = textwrap.dedent(
     import sys
     import numpy as np
     from arsim.config import resolve
-    from arsim.store import Store, point_hash
+    from arsim.sweeps.store import Store, point_hash
 
     store = Store(sys.argv[1])
     done = store.completed()

@@ -20,8 +20,8 @@ import pytest
 
 from arsim.cli import main
 from arsim.config import ConfigError
-from arsim.store import Store
-from arsim.sweep import parse_axis, plan_sweep, split_values
+from arsim.sweeps.store import Store
+from arsim.sweeps.plan import parse_axis, plan_sweep, split_values
 
 MODEL = """
 name = "sweeptest"
@@ -308,7 +308,7 @@ def test_figures_are_drawn_from_the_store_alone(swept, tmp_path, monkeypatch):
     figures = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(figures)
     # no simulation: a runner would fail
-    monkeypatch.setattr("arsim.devices.StandaloneRunner.run", lambda *a, **k: pytest.fail("simulated"))
+    monkeypatch.setattr("arsim.brian.devices.StandaloneRunner.run", lambda *a, **k: pytest.fail("simulated"))
     out = tmp_path / "figs"
     assert figures.main([str(swept), "--x", "tau", "--heatmap", "tau,dt", "--out-dir", str(out)]) == 0
     assert {p.name for p in out.iterdir()} == {

@@ -11,9 +11,9 @@ import pytest
 
 from arsim.cli import main
 from arsim.config import load
-from arsim.devices import BUILD_COUNTER
+from arsim.brian.devices import BUILD_COUNTER
 from arsim.experiment import train
-from arsim.store import Store
+from arsim.sweeps.store import Store
 
 MODEL = """
 name = "tiny_train"

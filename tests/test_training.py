@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from arsim import oracle
+from arsim.reference import oracle
 from arsim.activations import get_activation
 from arsim.config import resolve
-from arsim.reference import relax_euler
+from arsim.reference.euler import relax_euler
 from arsim.training import BrianTrainer, Params, bp_epoch, chunk_batches, init_params, train_topology
 from arsim.spec import Experiment
 

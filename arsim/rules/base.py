@@ -16,12 +16,12 @@ A rule is one class in its own module of `arsim.rules`, registered with
   backward matrix recomputed from ``W``;
 * its batched numpy reference (`Rule.reference_epoch`), composed from the
   same declarations with numpy code that shares nothing with the C++ of
-  `arsim.cpp_projection`; tests hold the two to 1e-10.
+  `arsim.brian.cpp_projection`; tests hold the two to 1e-10.
 
-Every rule runs on the one neuron type (`arsim.neuron`): the relaxation
+Every rule runs on the one neuron type (`arsim.brian.neuron`): the relaxation
 ``tau dx^l/dt = -x^l + fb^l`` with ``fb^l = B^l (x^s [* f'^s])`` for the
 rule's source layer ``s``. Adding a rule means adding a module here; the
-builder (`arsim.network`), the trainer, the references and the CLI only
+builder (`arsim.brian.network`), the trainer, the references and the CLI only
 call the methods below.
 """
 
@@ -301,7 +301,7 @@ class Rule:
         ``current_fp(l, x_below)`` gives ``f'(W^{l-1} x^{l-1} + b^{l-1})`` for the
         relaxed forward pass (None: the stored ``fp``).
         """
-        from ..reference import initial_state
+        from ..reference.euler import initial_state
 
         n_layers = len(xbar) - 1
         x = initial_state(xbar, e, 1.0)
@@ -335,7 +335,7 @@ class Rule:
         xbar : list of ndarray
             The batch's forward activity (the amp/null primitives use it).
         """
-        from .. import oracle
+        from ..reference import oracle
 
         hidden, output = network.hidden, network.output
         fwd = oracle.forward(W, b, x_in, hidden, output, network.loss)

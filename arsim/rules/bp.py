@@ -9,7 +9,7 @@ __all__ = ["Backprop"]
 
 @register
 class Backprop(Rule):
-    """Minibatch SGD with the exact backprop gradient, in float64 numpy (`arsim.oracle`).
+    """Minibatch SGD with the exact backprop gradient, in float64 numpy (`arsim.reference.oracle`).
 
     Not simulated in Brian2: it is the oracle. It trains with the same
     initial weights, sample order and batches as every other rule, so
@@ -19,7 +19,7 @@ class Backprop(Rule):
     name = "bp"
     title = "Backprop"
     summary = """
-The exact gradient `dL/dW^l = delta^{l+1} xbar^l^T` from the numpy oracle (`arsim/oracle.py`,
+The exact gradient `dL/dW^l = delta^{l+1} xbar^l^T` from the numpy oracle (`arsim/reference/oracle.py`,
 float64), with the same initial weights, sample order and batches as every rule. No Brian2
 network: `arsim relax` prints the oracle's own table (zero error by construction).
 """

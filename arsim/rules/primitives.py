@@ -17,7 +17,7 @@ tied       (Kolen-Pollack: ``dB := dW^T``)   ``(dL/dW)^T`` (summed over the batc
 =========  ================================  ==========================================
 
 A rule is a set of coefficients over these (`backward_gradient`); the C++
-of `arsim.cpp_projection` computes the same sums. Fixed points at fixed
+of `arsim.brian.cpp_projection` computes the same sums. Fixed points at fixed
 ``W`` for white input ``x ~ N(0, sigma^2 I)``:
 
 * weight mirror (``alpha`` decay + ``beta`` amp): ``B* = (beta sigma^2 / 2 alpha) W^T``;

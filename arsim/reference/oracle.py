@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .activations import Activation
+from ..activations import Activation
 
 __all__ = ["ForwardPass", "Gradients", "working_dtype", "forward", "loss", "output_error", "backward", "softmax"]
 

@@ -22,7 +22,7 @@ the projection that carries it (``backward_holder``), or, for direct
 feedback, one feedback-only Synapses ``direct{l}`` from the output to each
 hidden layer whose sum replaces projection l's in ``fb`` (the rule's
 ``feedback_source``); in training with dense projections the plasticity is
-two C++ functions per projection (`arsim.cpp_projection.add_dense_plasticity`)
+two C++ functions per projection (`arsim.brian.cpp_projection.add_dense_plasticity`)
 whose run-time scalars (``PLASTICITY_SCALARS``) carry the rule's
 coefficients, and a mirror-noise group ``mirror{l}`` for a mirror phase.
 
@@ -34,7 +34,7 @@ the AR authors' code, SPEC section 6).
 
 With ``projection = "dense"`` the three sums (``a``, ``anow``, ``fb``) are
 C++ mat-vecs over the projection's weight array at the same slots and
-orders (`arsim.cpp_projection`) instead of Brian2 ``(summed)`` variables.
+orders (`arsim.brian.cpp_projection`) instead of Brian2 ``(summed)`` variables.
 
 Simulated time runs on one clock of step ``DT_INTERNAL = 2**-10 s``; the
 time constant given to Brian2 is ``tau * DT_INTERNAL / dt``, so the Euler map
@@ -50,10 +50,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from brian2 import Clock, NeuronGroup, Network, StateMonitor, Synapses, TimedArray, prefs, second
 
-from .activations import ACTIVATION_CODES, brian_functions
+from ..activations import ACTIVATION_CODES, brian_functions
 from .cpp_projection import TICK_EQUATION, add_dense_plasticity, add_dense_projection
 from .neuron import neuron_equations, store_code
-from .rules import PLASTICITY_SCALARS, Rule, make_rule
+from ..rules import PLASTICITY_SCALARS, Rule, make_rule
 
 __all__ = ["DT_INTERNAL", "Topology", "BuiltNetwork", "topology_for", "build_network", "projection_indices"]
 
@@ -230,7 +230,7 @@ def build_network(topo: Topology) -> BuiltNetwork:
         holds_backward = rule.backward_holder(index, n_layers) == f"proj{index}"
         feeds_back = index >= 1 and not rule.direct  # the input layer does not relax: no feedback into it
         if dense:
-            # the sums (a, anow, fb) are C++ mat-vecs over w / wb (arsim/cpp_projection.py)
+            # the sums (a, anow, fb) are C++ mat-vecs over w / wb (arsim/brian/cpp_projection.py)
             model = ["w : 1", "wb : 1" if holds_backward else "", TICK_EQUATION]
         else:
             model = ["w : 1", rule.projection_equations(), "a_post = w * xbar_pre : 1 (summed)"]

@@ -4,7 +4,7 @@ With ``projection = "dense"`` a projection ``l`` (layer ``l`` -> ``l+1``)
 keeps its weights in the Brian2 `Synapses` object (``w = W^l.ravel()`` and,
 for a separate backward pathway, ``wb`` holding ``B^l[pre, post]`` in the
 same layout, because the synapses are connected with explicit ``i, j`` so
-that synapse ``k = post * n_pre + pre``, `arsim.network.projection_indices`),
+that synapse ``k = post * n_pre + pre``, `arsim.brian.network.projection_indices`),
 so run-time arrays and the plasticity code on ``w`` / ``wb`` are unchanged.
 What leaves Brian2's ``(summed)`` variables (a scalar gather/scatter of
 ~1 ns per synapse and call) are the three mat-vecs of a projection:
@@ -23,7 +23,7 @@ Each is a user `Function` (``stateless=False, auto_vectorise=False``) whose
 C++ implementation loops over the contiguous weight array. It is called
 from a ``run_regularly`` on a shared variable ``proj_tick`` of the Synapses
 (``proj_tick = f(proj_tick)``), placed in the slot and order the summed
-updater had, so the schedule of `arsim.network` is unchanged; the forward
+updater had, so the schedule of `arsim.brian.network` is unchanged; the forward
 drive's ``run_regularly`` has the sample period as its ``dt`` (public API,
 where the summed updater needed its private ``_clock`` replaced).
 
@@ -60,7 +60,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .rules.base import PLASTICITY_SCALARS
+from ..rules.base import PLASTICITY_SCALARS
 
 
 __all__ = ["TICK_EQUATION", "add_dense_projection", "add_dense_plasticity", "blas_compiler_kwds"]
@@ -96,7 +96,7 @@ def blas_compiler_kwds() -> dict:
     The wheel is the OpenBLAS build numpy and scipy ship, with a ``cblas.h``
     whose functions carry the ``scipy_`` prefix; the library path is baked
     into the binary (rpath), so a build belongs to one environment
-    (`arsim.devices` puts the path into the build key).
+    (`arsim.brian.devices` puts the path into the build key).
     """
     import scipy_openblas32
 
@@ -441,7 +441,7 @@ def add_dense_projection(syn, pre, post, rule, act_fp, forward_order: int, sampl
     """Schedule the mat-vecs of projection ``syn`` (pre -> post).
 
     ``syn`` must hold ``TICK_EQUATION`` in its model, be connected with
-    `arsim.network.projection_indices` (between the first copies of the
+    `arsim.brian.network.projection_indices` (between the first copies of the
     layers) and have a namespace of its own (the functions are added to it).
 
     Parameters

@@ -9,7 +9,7 @@ is built, so an unknown key or a value of the wrong type stops the sweep
 with one line and no compilation.
 
 Compile once
-    Points are grouped by their build key (the `arsim.network.Topology`
+    Points are grouped by their build key (the `arsim.brian.network.Topology`
     without the step budget). Each group is compiled once, for the largest
     number of relaxation steps in the group; every point then passes its own
     parameters (weights, tau, dt, its number of steps, ...) as run-time
@@ -19,7 +19,7 @@ Compile once
 Workers
     A build is compiled once into the shared build cache (under its lock);
     every worker process (or thread) then runs from that one directory,
-    which is safe because `arsim.devices` gives every run its own
+    which is safe because `arsim.brian.devices` gives every run its own
     directory for inputs and results.
 
 Engines
@@ -51,9 +51,9 @@ from typing import Any, Callable, Hashable
 
 import numpy as np
 
-from . import __version__
-from .config import SCHEMA, ConfigError, _flatten, n_relax_steps, parse_override, resolve
-from .spec import Experiment
+from .. import __version__
+from ..config import SCHEMA, ConfigError, _flatten, n_relax_steps, parse_override, resolve
+from ..spec import Experiment
 from .store import Store, point_hash
 
 __all__ = [
@@ -218,7 +218,7 @@ class Command:
 
 
 def _relax_shape(experiment: Experiment):
-    from .network import topology_for
+    from ..brian.network import topology_for
 
     return topology_for(experiment, max_relax=0)
 
@@ -228,7 +228,7 @@ def _steps(experiment: Experiment) -> int:
 
 
 def _relax_run(experiment: Experiment, runner, want_arrays: bool) -> dict:
-    from .relax import run_relaxation
+    from ..relax import run_relaxation
 
     result = run_relaxation(experiment, runner=runner)
     layers = [dict(row) for row in result.layers]
@@ -254,14 +254,14 @@ def _no_build(experiment: Experiment):
 
 
 def _sxl_check(experiment: Experiment, source: str) -> None:
-    from .studies.song_xu_lafferty import check_config
+    from ..studies.song_xu_lafferty import check_config
 
     check_config(experiment.config, source)
 
 
 def _sxl_run(experiment: Experiment, runner, want_arrays: bool) -> dict:
     """The Song-Xu-Lafferty study (numpy; `arsim.studies.song_xu_lafferty`, which types its own keys)."""
-    from .studies.song_xu_lafferty import run_config
+    from ..studies.song_xu_lafferty import run_config
 
     _, result, summary = run_config(experiment.config)
     arrays = None
@@ -276,7 +276,7 @@ TRAIN_RUN_SAMPLES = 1024
 
 @functools.lru_cache(maxsize=256)
 def _n_train(data, seed: int, n_in: int, n_out: int, batch: int) -> int:
-    from .experiment import checked_dataset
+    from ..experiment import checked_dataset
 
     # checked_dataset also checks the data against sizes and the batch size (one-line ConfigError)
     return checked_dataset(data, seed, (n_in, n_out), batch).n_train
@@ -284,7 +284,7 @@ def _n_train(data, seed: int, n_in: int, n_out: int, batch: int) -> int:
 
 def _train_shape(experiment: Experiment):
     """The build `experiment.train` uses for ``experiment`` (None for a rule without one, e.g. bp)."""
-    from .training import chunk_batches, train_topology
+    from ..training import chunk_batches, train_topology
 
     if not experiment.rule.simulated:
         return None
@@ -342,8 +342,8 @@ def _train_run(experiment: Experiment, runner, want_arrays: bool) -> dict:
     """
     import tempfile
 
-    from .devices import BUILD_COUNTER
-    from .experiment import train
+    from ..brian.devices import BUILD_COUNTER
+    from ..experiment import train
 
     compiled_before = BUILD_COUNTER["compiled"]
     with tempfile.TemporaryDirectory(prefix="arsim_sweep_train_") as out_dir, _build_dir_env(runner):
@@ -618,7 +618,7 @@ def _worker_name() -> str:
 def _private_runner(topology, build_root=None):
     """This thread's runner for ``topology``, compiling the shared build if needed.
 
-    Concurrent runs of one build are safe: `arsim.devices.StandaloneRunner`
+    Concurrent runs of one build are safe: `arsim.brian.devices.StandaloneRunner`
     gives every run its own directory for inputs and results.
 
     Returns
@@ -627,7 +627,7 @@ def _private_runner(topology, build_root=None):
     compile_seconds : float
         Time this call spent compiling (0 when the build existed).
     """
-    from .devices import StandaloneRunner
+    from ..brian.devices import StandaloneRunner
 
     runners = _LOCAL.__dict__.setdefault("runners", {})
     key = (topology, str(build_root))
@@ -643,7 +643,7 @@ def compile_build(topology, build_root=None) -> dict:
 
     Returns a dict with ``compiled`` (bool), ``compile_seconds`` and ``worker``.
     """
-    from .devices import StandaloneRunner
+    from ..brian.devices import StandaloneRunner
 
     runner = StandaloneRunner(topology, cache_dir=build_root)
     return {
@@ -672,7 +672,7 @@ def run_point(command: str, config: dict, topology, build_root=None, want_arrays
     """
     started = time.perf_counter()
     if expected_build is not None and topology is not None:
-        from .devices import _topology_hash
+        from ..brian.devices import _topology_hash
 
         if _topology_hash(topology) != expected_build:
             raise RuntimeError(
@@ -951,8 +951,7 @@ def run_sweep(
     """
     import brian2
     from tqdm import tqdm
-
-    from .io import provenance
+    from ..io import provenance
 
     started = time.perf_counter()
     report = SweepReport(engine=engine.name, jobs=engine.jobs, duplicates=plan.duplicates)

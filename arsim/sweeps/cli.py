@@ -23,7 +23,7 @@ __all__ = ["register"]
 
 def register(subparsers) -> None:
     """Add the ``sweep`` and ``results`` subcommands to ``arsim``'s subparsers."""
-    from .sweep import COMMANDS
+    from .plan import COMMANDS
 
     sweep = subparsers.add_parser(
         "sweep",
@@ -70,10 +70,10 @@ def _command_line(args) -> str:
 
 
 def _cmd_sweep(args) -> int:
-    from .config import ConfigError
-    from .models import resolve_model
+    from ..config import ConfigError
+    from ..models import resolve_model
     from .store import Store
-    from .sweep import check_engine, make_engine, plan_sweep, run_sweep
+    from .plan import check_engine, make_engine, plan_sweep, run_sweep
 
     check_engine(args.engine, args.jobs, args.scheduler)
     plan = plan_sweep(resolve_model(args.model), grid=args.grid, zipped=args.zip, sets=args.set, repeat=args.repeat, command=args.command)
@@ -157,7 +157,7 @@ def _swept_keys(records) -> list:
 
 def _summary_columns(records):
     """The summary metrics to print for commands other than relax (`Command.columns`), or None (relax's table)."""
-    from .sweep import COMMANDS
+    from .plan import COMMANDS
 
     commands = list(dict.fromkeys(record["command"] for record in records))
     if not commands or commands == ["relax"]:
@@ -184,12 +184,12 @@ def _print_table(header, rows) -> None:
 
 
 def _cmd_results(args) -> int:
-    from .io import atomic_write_bytes
+    from ..io import atomic_write_bytes
     from .store import Store
-    from .sweep import record_values, select
+    from .plan import record_values, select
 
     if args.csv is not None and not Path(args.csv).resolve().parent.is_dir():
-        from .config import ConfigError
+        from ..config import ConfigError
 
         raise ConfigError(f"--csv {args.csv}: directory {Path(args.csv).parent} does not exist")
     with Store(args.store, create=False) as store:
@@ -233,8 +233,8 @@ def _cmd_results(args) -> int:
 
 def _csv_text(records, keys) -> str:
     """One row per point and layer (a point without layers, e.g. diverged, gives one row)."""
-    from .config import SCHEMA
-    from .sweep import DERIVED_KEYS, derived_values
+    from ..config import SCHEMA
+    from .plan import DERIVED_KEYS, derived_values
 
     layer_keys, summary_keys = [], []
     for record in records:

@@ -38,9 +38,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from .config import ConfigError
-from .io import save_npz
+from .. import __version__
+from ..config import ConfigError
+from ..io import save_npz
 
 __all__ = ["SCHEMA_VERSION", "Store", "point_hash", "canonical_json"]
 

@@ -39,9 +39,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
+from .. import __version__
 from .network import Topology, build_network
-from .rules import PLASTICITY_SCALARS
+from ..rules import PLASTICITY_SCALARS
 
 __all__ = ["Runner", "StandaloneRunner", "RuntimeRunner", "build_cache_dir", "get_runner", "BUILD_COUNTER"]
 
@@ -79,8 +79,8 @@ def run_files_dir() -> Path | None:
     return shm if shm.is_dir() and os.access(shm, os.W_OK) else None
 
 
-#: modules whose code ends up in the compiled network
-_MODEL_SOURCES = ("network.py", "neuron.py", "rules/*.py", "activations.py", "cpp_projection.py", "devices.py")
+#: the modules whose code ends up in the compiled network, relative to the package root
+_MODEL_SOURCES = ("brian/*.py", "rules/*.py", "activations.py")
 
 
 @functools.lru_cache(maxsize=None)
@@ -93,7 +93,7 @@ def _model_source_digest() -> str:
     it loaded must not file that build under the digest of files edited
     since.
     """
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parent.parent  # the arsim package
     digest = hashlib.sha256()
     for pattern in _MODEL_SOURCES:
         for path in sorted(here.glob(pattern)):

@@ -75,7 +75,7 @@ def relax_euler(B, xbar, fp, e, eta: float, n_steps: int, derivative: bool = Tru
 def initial_state(xbar, e, x_start: float = 1.0) -> list:
     """State at the start of a relaxation: input ``xbar^0``, hidden ``x_start * xbar^l``, output ``e``.
 
-    Copies in the working precision of ``xbar`` (`arsim.oracle.working_dtype`).
+    Copies in the working precision of ``xbar`` (`arsim.reference.oracle.working_dtype`).
     """
     dtype = working_dtype([xbar[-1]])
     x = [np.array(v, dtype=dtype) for v in xbar]
