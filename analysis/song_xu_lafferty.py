@@ -60,7 +60,7 @@ p = 800 (0.62 and 0.81 against 0.69 and 0.86): its 3 seeds are a low
 draw (a separate check, not in the store: seeds 3..8 give 0.69 +- 0.02 at
 lambda_mse = 0.05).
 
-Everything runs through the sweep machinery (`arsim.sweeps.plan.plan_sweep`,
+Everything runs through the sweep machinery (`arsim.sweeps.plan_sweep`,
 `run_sweep`: the ``arsim sweep --command sxl`` code) into the results store
 ``analysis/data/song_xu_lafferty.sqlite``, one row per point, resumable (a
 rerun skips the stored points); the figure is drawn from the store only.
@@ -100,7 +100,7 @@ from arsim.config import ConfigError  # noqa: E402
 from arsim.figure_script import UsageError  # noqa: E402
 from arsim.sweeps.store import Store  # noqa: E402
 from arsim.studies.song_xu_lafferty import AUTHORS, authors_min_steps, from_mse  # noqa: E402
-from arsim.sweeps.plan import make_engine, plan_sweep, run_sweep  # noqa: E402
+from arsim.sweeps import make_engine, plan_sweep, run_sweep  # noqa: E402
 
 NAME = "song_xu_lafferty"
 ROOT = Path(__file__).resolve().parents[1]

@@ -50,7 +50,7 @@ from matplotlib.colors import LogNorm  # noqa: E402
 
 from arsim.config import ConfigError  # noqa: E402
 from arsim.sweeps.store import Store  # noqa: E402
-from arsim.sweeps.plan import record_values, select  # noqa: E402
+from arsim.sweeps import record_values, select  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DPI = 200

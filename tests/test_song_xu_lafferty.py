@@ -17,7 +17,7 @@ from arsim.cli import main
 from arsim.config import SCHEMA, ConfigError, Key, resolve
 from arsim.sweeps.store import Store
 from arsim.studies import song_xu_lafferty as sxl
-from arsim.sweeps.plan import plan_sweep
+from arsim.sweeps import plan_sweep
 
 PSI = {
     "linear": (lambda z: z, lambda z: np.ones_like(z)),

@@ -21,7 +21,7 @@ from arsim.sweeps import store as store_mod
 from arsim.cli import main
 from arsim.config import ConfigError, resolve
 from arsim.sweeps.store import Store, point_hash
-from arsim.sweeps.plan import parse_where, record_values, select
+from arsim.sweeps import parse_where, record_values, select
 
 
 def _config(**keys):

@@ -21,7 +21,7 @@ import pytest
 from arsim.cli import main
 from arsim.config import ConfigError
 from arsim.sweeps.store import Store
-from arsim.sweeps.plan import parse_axis, plan_sweep, split_values
+from arsim.sweeps import parse_axis, plan_sweep, split_values
 
 MODEL = """
 name = "sweeptest"

@@ -23,7 +23,7 @@ __all__ = ["register"]
 
 def register(subparsers) -> None:
     """Add the ``sweep`` and ``results`` subcommands to ``arsim``'s subparsers."""
-    from .plan import COMMANDS
+    from .commands import COMMANDS
 
     sweep = subparsers.add_parser(
         "sweep",
@@ -73,7 +73,9 @@ def _cmd_sweep(args) -> int:
     from ..config import ConfigError
     from ..models import resolve_model
     from .store import Store
-    from .plan import check_engine, make_engine, plan_sweep, run_sweep
+    from .engines import check_engine, make_engine
+    from .plan import plan_sweep
+    from .run import run_sweep
 
     check_engine(args.engine, args.jobs, args.scheduler)
     plan = plan_sweep(resolve_model(args.model), grid=args.grid, zipped=args.zip, sets=args.set, repeat=args.repeat, command=args.command)
@@ -157,7 +159,7 @@ def _swept_keys(records) -> list:
 
 def _summary_columns(records):
     """The summary metrics to print for commands other than relax (`Command.columns`), or None (relax's table)."""
-    from .plan import COMMANDS
+    from .commands import COMMANDS
 
     commands = list(dict.fromkeys(record["command"] for record in records))
     if not commands or commands == ["relax"]:
@@ -186,7 +188,7 @@ def _print_table(header, rows) -> None:
 def _cmd_results(args) -> int:
     from ..io import atomic_write_bytes
     from .store import Store
-    from .plan import record_values, select
+    from .select import record_values, select
 
     if args.csv is not None and not Path(args.csv).resolve().parent.is_dir():
         from ..config import ConfigError
@@ -234,7 +236,7 @@ def _cmd_results(args) -> int:
 def _csv_text(records, keys) -> str:
     """One row per point and layer (a point without layers, e.g. diverged, gives one row)."""
     from ..config import SCHEMA
-    from .plan import DERIVED_KEYS, derived_values
+    from .derived import DERIVED_KEYS, derived_values
 
     layer_keys, summary_keys = [], []
     for record in records:
