@@ -19,20 +19,27 @@ from .config import ConfigError
 __all__ = ["main"]
 
 
+def _rule_text(rule) -> str:
+    """``rule NAME [table values], feedback ..., derivative ...`` for the summary lines."""
+    table = f" [{', '.join(f'{k} {v}' for k, v in rule.settings.items())}]" if rule.settings else ""
+    return f"rule {rule.name}{table}, feedback {rule.feedback}, derivative {rule.derivative}"
+
+
 def _fmt(value, infinite: str = "inf") -> str:
     if isinstance(value, float) and math.isinf(value):
         return infinite
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
-def _print_table(rows: list, result, out=sys.stdout) -> None:
+def _print_table(rows: list, result, out=None) -> None:
+    out = sys.stdout if out is None else out  # the stdout of the call, not of the import
     experiment = result.experiment
     net, rule, probe = experiment.network, experiment.rule, experiment.probe
     eta = net.eta
     n_steps = len(result.t) and int(round(result.t[-1] / eta))
     print(
         f"{experiment.name}: sizes {list(net.sizes)}, {net.activation}/{net.output_activation},"
-        f" loss {net.loss}, rule {rule.name}, feedback {rule.feedback}, derivative {rule.derivative},"
+        f" loss {net.loss}, {_rule_text(rule)},"
         f" {rule.ordering}; dt/tau = {eta:g}, {n_steps} steps = {n_steps * eta:g} tau",
         file=out,
     )
@@ -102,7 +109,7 @@ def _cmd_train(args) -> int:
     summary = train(experiment, out, resume=args.resume, device=args.device, progress=not args.quiet)
     last = summary.rows[-1]
     print(
-        f"{experiment.name} (rule {rule.name}, feedback {rule.feedback}, derivative {rule.derivative}):"
+        f"{experiment.name} ({_rule_text(rule)}):"
         f" epoch {last['epoch']}: train loss {last['train_loss']:.4g}, train acc {last['train_accuracy']:.4f},"
         f" test acc {last['test_accuracy']:.4f}"
     )

@@ -297,6 +297,10 @@ def _check_relations(config: dict, source: str) -> None:
                     f"{source}: {key} = {config[key]!r} is a switch of rule = 'ar'; rule = {config['rule']!r} expects"
                     f" {key} = {SCHEMA[key].default!r} (its backward pathway is the rule's own)"
                 )
+    settings = {key: config[f"{config['rule']}.{key}"] for key in rule.params}
+    for key, (value, why) in rule.required_keys(settings).items():
+        if config[key] != value:
+            raise ConfigError(f"{source}: {key} = {config[key]!r} with rule = {config['rule']!r}; expected {key} = {value!r} ({why})")
     if config["projection"] not in rule.projections:
         raise ConfigError(
             f"{source}: projection = {config['projection']!r} with rule = {config['rule']!r};"

@@ -17,6 +17,7 @@ from .activations import ACTIVATION_CODES
 from .brian.devices import Runner, get_runner
 from .brian.network import DT_INTERNAL, Topology, topology_for
 from .reference import oracle
+from .rules import Rule
 from .spec import Experiment, NetworkSpec
 
 __all__ = ["Problem", "draw_problem", "run_relaxation", "RelaxResult", "network_params", "layer_table"]
@@ -59,8 +60,14 @@ def draw_problem(experiment: Experiment) -> Problem:
     return Problem(W=W, b=b, B=B, x_in=x_in, target=target)
 
 
-def network_params(topo: Topology, network: NetworkSpec, problem: Problem, n_relax: int | None = None) -> dict:
-    """Run-time parameters of the compiled network for one experiment (``network``: its `NetworkSpec`)."""
+def network_params(topo: Topology, network: NetworkSpec, problem: Problem, n_relax: int | None = None,
+                   rule: Rule | None = None) -> dict:
+    """Run-time parameters of the compiled network for one experiment.
+
+    ``network`` is its `NetworkSpec`, ``rule`` its rule with the run-time
+    values of the rule's table (default: the topology's, with the defaults).
+    """
+    rule = topo.make_rule() if rule is None else rule
     eta = network.eta
     n_relax = network.n_relax_steps if n_relax is None else n_relax
     if n_relax > topo.max_relax:
@@ -76,11 +83,14 @@ def network_params(topo: Topology, network: NetworkSpec, problem: Problem, n_rel
         params[f"layer{layer}.tau"] = np.array([DT_INTERNAL / eta])
         params[f"layer{layer}.x_start"] = np.array([1.0 if network.initial_state == "forward" else 0.0])
         params[f"layer{layer}.n_relax"] = np.array([n_relax])
+        err_gain, signal_gain = rule.layer_gains(layer, topo.n_layers)
+        params[f"layer{layer}.err_gain"] = np.array([err_gain])
+        params[f"layer{layer}.signal_gain"] = np.array([signal_gain])
         if layer >= 1:
             params[f"layer{layer}.b"] = problem.b[layer - 1]
     for layer in range(topo.n_layers):
         params[f"proj{layer}.w"] = problem.W[layer].ravel()
-    params.update(topo.make_rule().backward_arrays(problem.B))
+    params.update(rule.backward_arrays(problem.B))
     return params
 
 
@@ -231,28 +241,24 @@ def run_relaxation(experiment, device: str = "cpp", runner: Runner | None = None
     eta = net.eta
     n_relax = net.n_relax_steps
     started = time.perf_counter()
-    raw = runner.run(network_params(topo, net, problem, n_relax))
+    rule = experiment.rule
+    raw = runner.run(network_params(topo, net, problem, n_relax, rule=rule))
     run_seconds = time.perf_counter() - started
 
     n_layers = topo.n_layers
     steps_recorded = np.rint(raw[f"monitor{n_layers}.t"] / DT_INTERNAL).astype(int) if topo.record_variables else np.zeros(0, int)
     keep = steps_recorded <= n_relax
     t = steps_recorded[keep] * eta
-    xtrace = [None] + [raw[f"monitor{l}.x"][keep] for l in range(1, n_layers + 1)]
+    states = [None] + [raw[f"monitor{l}.x"][keep] for l in range(1, n_layers + 1)]
     check_finite(raw, steps_recorded, eta)
 
     xbar = [raw[f"layer{l}.xbar"] for l in range(n_layers + 1)]
     fp = [raw[f"layer{l}.fp"] for l in range(n_layers + 1)]
-    x = [raw[f"layer{l}.x"] for l in range(n_layers + 1)]
+    values = [raw[f"layer{l}.x"] for l in range(n_layers + 1)]
     hidden, output = net.hidden, net.output
-    if topo.forward == "frozen":
-        slope, pre = fp, xbar
-    else:  # the relaxed forward pass learns from the current state (rules.py)
-        pre = [xbar[0]] + x[1:]
-        slope = [None] + [
-            (output if l == n_layers else hidden).fprime(problem.W[l - 1] @ pre[l - 1] + problem.b[l - 1])
-            for l in range(1, n_layers + 1)
-        ]
+    # the learning signal and the factors of the local update, by the rule (value nodes for PC)
+    x, slope, pre = rule.local_factors(values, problem.W, problem.b, xbar, fp, net)
+    xtrace = rule.signal_traces(states, problem.W, problem.b, xbar, problem.x_in, net) if topo.record_variables else states
     dW = [np.outer(x[l + 1] * slope[l + 1], pre[l]) for l in range(n_layers)]
     db = [x[l + 1] * slope[l + 1] for l in range(n_layers)]
     fwd = oracle.forward(problem.W, problem.b, problem.x_in, hidden, output, net.loss)

@@ -169,7 +169,7 @@ class BrianTrainer:
         topo, net, training = self.topology, self.experiment.network, self.experiment.training
         # sample p * copies + c is copy c of period p: the rows of x, flattened, are the input rows
         b = [np.tile(v, topo.copies) for v in params.b]
-        out = network_params(topo, net, Problem(W=params.W, b=b, B=params.B, x_in=x, target=targets))
+        out = network_params(topo, net, Problem(W=params.W, b=b, B=params.B, x_in=x, target=targets), rule=self.rule)
         for layer in range(topo.n_layers + 1):
             # training always relaxes from the forward state, as its numpy references do
             out[f"layer{layer}.x_start"] = np.array([1.0])

@@ -24,7 +24,7 @@ import pytest
 from scipy.stats import binom
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = ("fig1_relaxation", "convergence_vs_depth", "euler_stability")
+SCRIPTS = ("fig1_relaxation", "convergence_vs_depth", "euler_stability", "convergence_peers")
 
 
 def _load_script(name: str):
@@ -143,6 +143,27 @@ def test_cold_start_convergence_times_are_the_binomial_tail(quick):
     # the AR start converges too, within the simulated time
     finite = ~np.isnan(d["tconv_forward"])
     assert np.all(d["tconv_forward"][finite] < d["t"][-1])
+
+
+def test_peers_fixed_prediction_on_the_binomial_tail_and_strict_pc_short_of_bp(quick):
+    """PC under fixed prediction starts its error at 0: the same law as AR's cold start; strict PC has a gap."""
+    _, data, _, code = quick("convergence_peers")
+    assert code == 0
+    d = np.load(data)
+    eta, threshold = float(d["eta"]), float(d["threshold"])
+    steps = np.rint(d["t"] / eta).astype(int)
+    checked = 0
+    for i, depth in enumerate(d["depths"]):
+        for k in range(1, depth):
+            expected = _binomial_convergence_step(k, eta, threshold) * eta
+            assert abs(d["tconv_pc_fixed"][i, k - 1] - expected) <= eta * (1 + 1e-9), (depth, k)
+            np.testing.assert_allclose(d["err_pc_fixed"][i, k - 1], binom.cdf(k - 1, steps, eta), rtol=1e-9, atol=1e-13)
+            assert d["gap_ar"][i, k - 1] < 1e-12 and d["gap_pc_fixed"][i, k - 1] < 1e-12
+            # strict PC reaches its own fixed point, which is not backprop's gradient
+            assert d["tconv_pc_strict"][i, k - 1] < d["t"][-1]
+            assert d["gap_pc_strict"][i, k - 1] > 1e-2
+            checked += 1
+    assert checked == sum(depth - 1 for depth in d["depths"])
 
 
 def test_top_hidden_layer_error_is_one_minus_eta_to_the_n(quick):

@@ -123,7 +123,7 @@ def _names(device, syn, pre, post) -> dict:
 
 
 _FEEDBACK_CPP = """
-static double {func}(const double tick, const int kind, const double slope)
+static double {func}(const double tick, const int kind, const double slope, const double gain)
 {{
     // fb_pre[i] = sum_j M[j, i] * c_j with M = {matrix} (n_post x n_pre, row-major):
     // four rows per pass over fb (a plain axpy per row is ~30 % slower at 300 x 300)
@@ -182,7 +182,7 @@ static double {func}(const double tick)
 # fast as BLAS for one copy, and far slower for 64).
 
 _FEEDBACK_GEMM_CPP = """
-static double {func}(const double tick, const int kind, const double slope)
+static double {func}(const double tick, const int kind, const double slope, const double gain)
 {{
     // fb_pre (copies x n_pre) = C (copies x n_post) M (n_post x n_pre), M = {matrix}
     static std::vector<{real}> carried_buffer({copies} * {n_post});
@@ -206,10 +206,12 @@ static double {func}(const double tick)
 """
 
 _ACCUMULATE_GEMM_CPP = """
-static double {func}(const double tick, const int gate, const int kind, const double slope, const double learn_bias)
+static double {func}(const double tick, const int gate, const int kind, const double slope, const double learn_bias,
+                     const double gain)
 {{
     // adds this period's local updates (every copy) to the batch's sums:
-    // dw_acc (n_post x n_pre) += D^T P with D = x_post * f' (copies x n_post) and
+    // dw_acc (n_post x n_pre) += D^T P with D = x_post * f' (copies x n_post; error units:
+    // the learning signal (mu - x) gain * f') and
     // P = {pre_activity}_pre (copies x n_pre); db_acc of the first copy += sum_s D[s, :];
     // the apply step zeroes them after a batch
     {real}* __restrict dw = {dw_acc};
@@ -325,40 +327,70 @@ _MIRROR_CPP = """
 """
 
 
-def _derivative_code(rule, names: dict, index: str, derivative: bool | None = None) -> tuple[str, str]:
-    """Declarations and the C++ expression of ``x_post * f'`` at unit ``index``.
+def _derivative_code(rule, names: dict, index: str, derivative: bool | None = None, update: bool = False) -> tuple[str, str]:
+    """Declarations and the C++ expression of the carried activity ``c * f'`` at unit ``index``.
 
-    ``derivative`` (default: the rule's, which applies to the feedback) False
-    gives ``x`` alone; the local update always carries f'.
+    ``c`` is ``x`` (AR and the feedback-alignment family) or, for a rule with
+    error units (`arsim.rules.Rule.error_units`), the prediction error
+    ``(x - mu) gain`` in the feedback and the learning signal ``(mu - x) gain``
+    in the update (``gain``: the function's argument, ``err_gain`` or
+    ``signal_gain`` of the post-synaptic group). ``derivative`` (default: the
+    rule's, which applies to the feedback) False gives ``c`` alone; the local
+    update always carries f'.
     """
-    if not (rule.derivative if derivative is None else derivative):
-        return "", f"x[{index}]"
-    if rule.derivative_variable == "fpnow":
-        decl = (f"const {_real()}* __restrict anow = {names['anow_post']};\n"
-                f"    const {_real()}* __restrict bias = {names['b_post']};")
-        return decl, f"x[{index}] * arsim_activation_derivative(anow[{index}] + bias[{index}], kind, slope)"
-    return f"const {_real()}* __restrict d = {names['fp_post']};", f"x[{index}] * d[{index}]"
-
-
-def _numpy_carried(rule, post, act_fp, kind, slope, derivative: bool | None = None):
-    """``x_post * f'`` (or ``x_post``, as in `_derivative_code`) of every unit, for the runtime target."""
+    real = _real()
     derivative = rule.derivative if derivative is None else derivative
-    carried = post.variables["x"].get_value().copy()
+    current = rule.derivative_variable == "fpnow"
+    decl = []
+    if current and (derivative or rule.error_units == "strict"):
+        decl += [f"const {real}* __restrict anow = {names['anow_post']};", f"const {real}* __restrict bias = {names['b_post']};"]
+    if rule.error_units is None:
+        carried = f"x[{index}]"
+    else:
+        if rule.error_units == "fixed":
+            decl.append(f"const {real}* __restrict mu = {names['xbar_post']};")
+            prediction = f"mu[{index}]"
+        else:
+            prediction = f"arsim_activation(anow[{index}] + bias[{index}], kind, slope)"
+        carried = f"({prediction} - x[{index}]) * gain" if update else f"(x[{index}] - {prediction}) * gain"
+    if derivative:
+        if current:
+            carried += f" * arsim_activation_derivative(anow[{index}] + bias[{index}], kind, slope)"
+        else:
+            decl.append(f"const {real}* __restrict d = {names['fp_post']};")
+            carried += f" * d[{index}]"
+    return "\n    ".join(decl), carried
+
+
+def _numpy_carried(rule, post, functions, kind, slope, gain, derivative: bool | None = None, update: bool = False):
+    """The carried activity of every unit, as in `_derivative_code`, for the runtime target."""
+    derivative = rule.derivative if derivative is None else derivative
+    x = post.variables["x"].get_value().copy()
+    current = post.variables["anow"].get_value() + post.variables["b"].get_value()
+    if rule.error_units is None:
+        carried = x
+    else:
+        if rule.error_units == "fixed":
+            prediction = post.variables["xbar"].get_value()
+        else:
+            prediction = functions["act_f"].pyfunc(current, kind, slope)
+        carried = ((prediction - x) if update else (x - prediction)) * gain
     if derivative and rule.derivative_variable == "fpnow":
-        u = post.variables["anow"].get_value() + post.variables["b"].get_value()
-        carried *= act_fp.pyfunc(u, kind, slope)
+        carried = carried * functions["act_fp"].pyfunc(current, kind, slope)
     elif derivative:
-        carried *= post.variables["fp"].get_value()
+        carried = carried * post.variables["fp"].get_value()
     return carried
 
 
-def _add_cpp(function, code: str, func: str, blas: bool = False, act_fp=None) -> None:
+def _add_cpp(function, code: str, func: str, blas: bool = False, functions=None) -> None:
     """Attach the C++ implementation ``func`` (standalone only).
 
-    ``blas`` links CBLAS; ``act_fp`` (the activation derivative `Function`)
-    is a dependency of code that calls ``arsim_activation_derivative``.
+    ``blas`` links CBLAS; of ``functions`` (the activation `Function` s
+    ``act_f``, ``act_fp``), those the code calls (``arsim_activation``,
+    ``arsim_activation_derivative``) are its dependencies.
     """
-    dependencies = {"act_fp": act_fp} if act_fp is not None and "arsim_activation_derivative" in code else None
+    calls = {"act_f": "arsim_activation(", "act_fp": "arsim_activation_derivative("}
+    dependencies = {name: functions[name] for name, call in calls.items() if functions and call in code} or None
     kwds = {"compiler_kwds": blas_compiler_kwds()} if blas else {}
     function.implementations.add_implementation("cpp", code, name=func, dependencies=dependencies, **kwds)
 
@@ -372,26 +404,26 @@ def _function(pyfunc, arg_types: list):
     )
 
 
-def _feedback_function(syn, pre, post, rule, act_fp, copies: int):
-    """`Function` ``f(tick, act_kind_post, act_slope_post)`` that writes ``fb_pre``."""
+def _feedback_function(syn, pre, post, rule, functions, copies: int):
+    """`Function` ``f(tick, act_kind_post, act_slope_post, err_gain_post)`` that writes ``fb_pre``."""
     from brian2 import get_device
 
     n_pre, n_post = len(pre) // copies, len(post) // copies
     matrix = rule.backward_variable
     func = f"arsim_{syn.name}_feedback"
 
-    def numpy_feedback(tick, kind, slope):
+    def numpy_feedback(tick, kind, slope, gain):
         M = syn.variables[matrix].get_value().reshape(n_post, n_pre)
-        carried = _numpy_carried(rule, post, act_fp, kind, slope).reshape(copies, n_post)
+        carried = _numpy_carried(rule, post, functions, kind, slope, gain).reshape(copies, n_post)
         pre.variables["fb"].get_value()[:] = (carried @ M).ravel()
         return tick
 
-    function = _function(numpy_feedback, ["float", "integer", "float"])
+    function = _function(numpy_feedback, ["float", "integer", "float", "float"])
     if _standalone():
         names = _names(get_device(), syn, pre, post)
         if copies > 1:
             decl, carried = _derivative_code(rule, names, "k")
-            if rule.derivative:
+            if rule.derivative or rule.error_units:
                 fill = (f"{_real()}* __restrict C = carried_buffer.data();\n"
                         f"    for (int k = 0; k < {copies} * {n_post}; k++)\n        C[k] = {carried};")
             else:
@@ -407,7 +439,7 @@ def _feedback_function(syn, pre, post, rule, act_fp, copies: int):
                 **_types(), func=func, matrix=matrix, matrix_ptr=names[matrix], x_post=names["x_post"], fb_pre=names["fb_pre"],
                 derivative_decl=decl, carried=carried.replace("@", "j"), n_pre=n_pre, n_post=n_post, **rows,
             )
-        _add_cpp(function, code, func, blas=copies > 1, act_fp=act_fp)
+        _add_cpp(function, code, func, blas=copies > 1, functions=functions)
     return function
 
 
@@ -436,7 +468,7 @@ def _drive_function(syn, pre, post, source: str, target: str, copies: int):
     return function
 
 
-def add_dense_projection(syn, pre, post, rule, act_fp, forward_order: int, sample_dt,
+def add_dense_projection(syn, pre, post, rule, functions: dict, forward_order: int, sample_dt,
                          feedback_order: int | None, current_drive_order: int | None, copies: int = 1) -> None:
     """Schedule the mat-vecs of projection ``syn`` (pre -> post).
 
@@ -449,9 +481,10 @@ def add_dense_projection(syn, pre, post, rule, act_fp, forward_order: int, sampl
     rule : arsim.rules.Rule
         Decides the backward matrix (``w`` or ``wb``) and the carried
         quantity (``x``, ``x * fp`` or ``x * f'(anow + b)``).
-    act_fp : brian2.Function
-        The activation derivative (`arsim.activations.brian_functions`),
-        needed by the relaxed forward pass.
+    functions : dict
+        The activation `Function` s ``act_f``, ``act_fp``
+        (`arsim.activations.brian_functions`), needed by the relaxed forward
+        pass and by strict error units.
     forward_order, sample_dt : int or None, Quantity
         ``a_post = W xbar_pre`` runs once per sample (period ``sample_dt``)
         at this order of slot ``start``; None for a feedback-only pathway
@@ -477,13 +510,14 @@ def add_dense_projection(syn, pre, post, rule, act_fp, forward_order: int, sampl
         syn.run_regularly(f"proj_tick = {name}(proj_tick)", dt=dt, when=when, order=order, name=name)
     if feedback_order is not None:
         name = f"{syn.name}_feedback"
-        syn.namespace[name] = _feedback_function(syn, pre, post, rule, act_fp, copies)
+        syn.namespace[name] = _feedback_function(syn, pre, post, rule, functions, copies)
         syn.run_regularly(
-            f"proj_tick = {name}(proj_tick, act_kind_post, act_slope_post)", when="groups", order=feedback_order, name=name
+            f"proj_tick = {name}(proj_tick, act_kind_post, act_slope_post, err_gain_post)", when="groups",
+            order=feedback_order, name=name,
         )
 
 
-def add_dense_plasticity(syn, pre, post, rule, act_fp, copies: int, sample_dt, accumulate_order: int,
+def add_dense_plasticity(syn, pre, post, rule, functions: dict, copies: int, sample_dt, accumulate_order: int,
                          apply_order: int, holds_backward: bool, noise_group=None) -> None:
     """The learning step of projection ``syn`` (dense projections, any number of copies).
 
@@ -519,7 +553,7 @@ def add_dense_plasticity(syn, pre, post, rule, act_fp, copies: int, sample_dt, a
     sign = rule.sign and holds_backward
     accumulate, apply = f"arsim_{syn.name}_accumulate_batch", f"arsim_{syn.name}_apply_batch"
 
-    def numpy_accumulate(tick, gate, kind, slope, learn_bias):
+    def numpy_accumulate(tick, gate, kind, slope, learn_bias, gain):
         dw = syn.variables["dw_acc"].get_value()
         db = post.variables["db_acc"].get_value()
         sums = [syn.variables[v].get_value() for v in ("amp_acc", "null_acc") if v in syn.variables]
@@ -529,7 +563,7 @@ def add_dense_plasticity(syn, pre, post, rule, act_fp, copies: int, sample_dt, a
             for acc in sums:
                 acc[:] = 0.0
             return tick
-        delta = _numpy_carried(rule, post, act_fp, kind, slope, derivative=True).reshape(copies, n_post)
+        delta = _numpy_carried(rule, post, functions, kind, slope, gain, derivative=True, update=True).reshape(copies, n_post)
         activity = pre.variables[pre_activity].get_value().reshape(copies, n_pre)
         dw[:] += (delta.T @ activity).ravel()
         db[:n_post] += learn_bias * delta.sum(axis=0)
@@ -582,11 +616,11 @@ def add_dense_plasticity(syn, pre, post, rule, act_fp, copies: int, sample_dt, a
                 syn.variables[v].get_value()[:] = 0.0
         return tick
 
-    accumulate_function = _function(numpy_accumulate, ["float", "integer", "integer", "float", "float"])
+    accumulate_function = _function(numpy_accumulate, ["float", "integer", "integer", "float", "float", "float"])
     apply_function = _function(numpy_apply, ["float", "integer", "integer", "integer"] + ["float"] * 11)
     if _standalone():
         names = _names(get_device(), syn, pre, post)
-        decl, delta = _derivative_code(rule, names, "k", derivative=True)
+        decl, delta = _derivative_code(rule, names, "k", derivative=True, update=True)
         fields = dict(**_types(), n_pre=n_pre, n_post=n_post, copies=copies, a_post=names["a_post"],
                       xbar_pre=names["xbar_pre"], wb=names.get("wb"))
         extra_decl, extra_zero, extra_code = [], [], []
@@ -603,7 +637,7 @@ def add_dense_plasticity(syn, pre, post, rule, act_fp, copies: int, sample_dt, a
             derivative_decl=decl, delta=delta, pre_activity=pre_activity, pre_ptr=names[f"{pre_activity}_pre"],
             extra_decl="\n    ".join(extra_decl), extra_zero="\n            ".join(extra_zero), extra_code="".join(extra_code),
         )
-        _add_cpp(accumulate_function, code, accumulate, blas=True, act_fp=act_fp)
+        _add_cpp(accumulate_function, code, accumulate, blas=True, functions=functions)
         backward_decl, backward_step, after = [], "", []
         if holds_backward:
             backward_decl.append(f"{_real()}* __restrict wb = {names['wb']};")
@@ -639,7 +673,8 @@ def add_dense_plasticity(syn, pre, post, rule, act_fp, copies: int, sample_dt, a
     syn.namespace[accumulate] = accumulate_function
     syn.namespace[apply] = apply_function
     syn.run_regularly(
-        f"proj_tick = {accumulate}(proj_tick, int(t_in_timesteps > 0), act_kind_post, act_slope_post, learn_bias_post)",
+        f"proj_tick = {accumulate}(proj_tick, int(t_in_timesteps > 0), act_kind_post, act_slope_post, learn_bias_post,"
+        " signal_gain_post)",
         dt=sample_dt, when="start", order=accumulate_order, name=f"{syn.name}_accumulate",
     )
     scalars = ", ".join(PLASTICITY_SCALARS)

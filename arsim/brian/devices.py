@@ -46,7 +46,8 @@ from ..rules import PLASTICITY_SCALARS
 __all__ = ["Runner", "StandaloneRunner", "RuntimeRunner", "build_cache_dir", "get_runner", "BUILD_COUNTER"]
 
 #: neuron variables replaced at run time (all but ``b`` are shared scalars)
-RUNTIME_NEURON_PARAMETERS = ("b", "tau", "n_relax", "act_kind", "act_slope", "x_start", "lr", "batch_size", "learn_bias")
+RUNTIME_NEURON_PARAMETERS = ("b", "tau", "n_relax", "act_kind", "act_slope", "x_start", "lr", "batch_size", "learn_bias",
+                             "err_gain", "signal_gain")
 _INTEGER_PARAMETERS = ("n_relax", "act_kind", "batch_size")
 
 #: number of compilations done by this process (tests count builds with it)

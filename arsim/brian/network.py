@@ -196,7 +196,7 @@ def build_network(topo: Topology) -> BuiltNetwork:
         order = 0 if topo.ordering == "synchronous" else 2 * (n_layers - index)
         group = NeuronGroup(
             copies * size,
-            neuron_equations(),
+            neuron_equations(rule.error_units),
             method="euler",
             namespace=namespace,
             order=order,
@@ -211,10 +211,12 @@ def build_network(topo: Topology) -> BuiltNetwork:
         group.act_slope = 0.01
         group.x_start = 1.0
         group.batch_size = 1
+        group.err_gain = 1.0
+        group.signal_gain = 1.0
         if topo.train and index >= 1 and topo.projection != "dense":
             _add_bias_plasticity(group, sample_dt, rule)
         role = "input" if index == 0 else ("output" if index == n_layers else "hidden")
-        code = store_code(role, loss=topo.loss)
+        code = store_code(role, loss=topo.loss, value_nodes=rule.error_units is not None)
         group.run_regularly(code, dt=sample_dt, when="start", order=3 * index, name=f"layer{index}_store")
         if role != "hidden":
             # the input and the clamped output never integrate (relaxing = 0):
@@ -249,7 +251,7 @@ def build_network(topo: Topology) -> BuiltNetwork:
         syn.connect(i=i, j=j)
         if dense:
             add_dense_projection(
-                syn, pre, post, rule, act_fp=namespace["act_fp"],
+                syn, pre, post, rule, functions=namespace,
                 forward_order=3 * (index + 1) - 2, sample_dt=sample_dt,
                 feedback_order=pre.order - 1 if feeds_back else None,
                 current_drive_order=None if rule.frozen_forward else ORDER_CURRENT_DRIVE, copies=copies,
@@ -266,7 +268,7 @@ def build_network(topo: Topology) -> BuiltNetwork:
                 noise_groups.append(noise)
             # accumulate and apply in C++ (with the bias of post), every period or every batch_size periods
             add_dense_plasticity(
-                syn, pre, post, rule, act_fp=namespace["act_fp"], copies=copies, sample_dt=sample_dt,
+                syn, pre, post, rule, functions=namespace, copies=copies, sample_dt=sample_dt,
                 accumulate_order=ORDER_ACCUMULATE, apply_order=ORDER_APPLY, holds_backward=holds_backward,
                 noise_group=noise,
             )
@@ -284,7 +286,7 @@ def build_network(topo: Topology) -> BuiltNetwork:
         syn = Synapses(pre, post, model="\n".join(["wb : 1", TICK_EQUATION]), clock=clock, namespace=dict(namespace), name=holder)
         i, j = projection_indices(len(pre) // copies, len(post) // copies)
         syn.connect(i=i, j=j)
-        add_dense_projection(syn, pre, post, rule, act_fp=namespace["act_fp"], forward_order=None, sample_dt=sample_dt,
+        add_dense_projection(syn, pre, post, rule, functions=namespace, forward_order=None, sample_dt=sample_dt,
                              feedback_order=pre.order - 1, current_drive_order=None, copies=copies)
         projections.append(syn)
 

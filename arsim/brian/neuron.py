@@ -18,6 +18,9 @@ Parameter           Unit    Math            Default      Description
 ``act_kind``        1       f               tanh         activation code (``ACTIVATION_CODES``, shared)
 ``act_slope``       1       --              0.01         negative slope of leaky_relu (shared)
 ``x_start``         1       --              1            x(0) = x_start * xbar (1: AR, 0: cold start)
+``err``             1       eps^l_i         --           prediction error (x - mu) pi (error units, rule = "pc" only)
+``err_gain``        1       pi_l = 1/sigma_l 1           precision of the layer's error (shared, error units)
+``signal_gain``     1       sigma_L pi_l    1            learning signal -sigma_L eps per unit of (mu - x) (shared)
 ``db_acc``          1       sum x fp        0            bias update accumulated over the batch
 ``lr``              1       lr              5e-4         learning rate (shared, training)
 ``batch_size``      1       --              64           samples per update (shared, training)
@@ -37,6 +40,13 @@ The dynamics are those of SPEC section 2,
 
     tau dx/dt = relaxing * (-x + fb),
 
+or, for a rule with error units (predictive coding, SPEC 3.7), where ``x``
+is the value node and the error ``err = (x - mu) pi`` is a subexpression of
+the same neuron (``mu`` the stored ``xbar`` under fixed prediction, the
+current ``f(anow + b)`` under strict PC),
+
+    tau dx/dt = relaxing * (-err + fb),
+
 where ``relaxing`` is 1 for hidden units during the relaxation steps of a
 sample and 0 otherwise (input, output clamp, forward-sweep step). Phases are
 gated by the integer step counter ``t_in_timesteps`` of the single network
@@ -50,7 +60,7 @@ from brian2 import Equations
 __all__ = ["NEURON_EQUATIONS", "neuron_equations", "store_code"]
 
 NEURON_EQUATIONS = """
-dx/dt = relaxing * (fb - x) / tau : 1
+dx/dt = relaxing * (fb - {leak}) / tau : 1
 relaxing = hidden * int(step_in_sample >= 1) * int(step_in_sample <= n_relax) : 1
 step_in_sample = t_in_timesteps % steps_per_sample : integer
 u = a + b : 1
@@ -74,15 +84,32 @@ apply_update = int(t_in_timesteps > 0) * int((t_in_timesteps // steps_per_sample
 tau : second (shared, constant)
 n_relax : integer (shared, constant)
 steps_per_sample : integer (shared, constant)
+err_gain : 1 (shared, constant)
+signal_gain : 1 (shared, constant)
 """
 
-
-def neuron_equations() -> Equations:
-    """Return the `Equations` of the arsim rate neuron."""
-    return Equations(NEURON_EQUATIONS)
+#: the prediction ``mu`` of a unit with error units: frozen at the forward sweep, or recomputed every step
+PREDICTIONS = {"fixed": "xbar", "strict": "act_f(anow + b, act_kind, act_slope)"}
 
 
-def store_code(role: str, loss: str = "mse") -> str:
+def neuron_equations(error_units: str | None = None) -> Equations:
+    """Return the `Equations` of the arsim rate neuron.
+
+    Parameters
+    ----------
+    error_units : {None, "fixed", "strict"}
+        None: the relaxing state is the learning signal itself (AR and the
+        feedback-alignment family); otherwise ``x`` is a value node and
+        relaxes down the prediction error ``err = (x - mu) err_gain``, with
+        ``mu`` of `PREDICTIONS` (predictive coding).
+    """
+    if error_units is None:
+        return Equations(NEURON_EQUATIONS.format(leak="x"))
+    error = f"err = (x - {PREDICTIONS[error_units]}) * err_gain : 1\n"
+    return Equations(NEURON_EQUATIONS.format(leak="err") + error)
+
+
+def store_code(role: str, loss: str = "mse", value_nodes: bool = False) -> str:
     """Code run once per sample, at the forward sweep, to store the forward state.
 
     Parameters
@@ -91,7 +118,15 @@ def store_code(role: str, loss: str = "mse") -> str:
         The layer's role.
     loss : {"mse", "ce"}
         Loss, which decides the output clamp ``x = e`` (SPEC section 1).
+    value_nodes : bool
+        The output is a value node clamped to ``xbar - e`` (predictive
+        coding: its prediction error starts at ``-e``, SPEC 3.7) instead of
+        to ``e``.
     """
+    if value_nodes and role == "output":
+        error = "2.0*(xbar - target_values(t, i))" if loss == "mse" else "(xbar - target_values(t, i))"
+        forward = "xbar = act_f(u, act_kind, act_slope)\nfp = act_fp(u, act_kind, act_slope)" if loss == "mse" else "xbar = 1.0/zsum\nfp = 1.0"
+        return f"{forward}\nx = xbar - {error}"
     if role == "input":
         return "xbar = input_values(t, i)\nfp = 1.0\nx = xbar"
     forward = "xbar = act_f(u, act_kind, act_slope)\nfp = act_fp(u, act_kind, act_slope)"

@@ -140,6 +140,9 @@ class Rule:
     sign: ClassVar[bool] = False
     #: projection backends the rule supports
     projections: ClassVar[tuple] = ("dense",)
+    #: None: the relaxing state is the learning signal (AR and the FA family); "fixed" or
+    #: "strict": ``x`` is a value node relaxing down the prediction error (predictive coding)
+    error_units: ClassVar[str | None] = None
 
     def __init__(self, settings: dict | None = None, derivative: bool = True, ordering: str = "synchronous",
                  forward: str = "frozen", feedback: str = "transpose"):
@@ -157,6 +160,14 @@ class Rule:
     def build_settings(cls, settings: dict) -> tuple:
         """The parameters that change the compiled code, as a hashable tuple."""
         return tuple(sorted((k, settings.get(k, spec.default)) for k, spec in cls.params.items() if spec.build))
+
+    @classmethod
+    def required_keys(cls, settings: dict) -> dict:
+        """Top-level model-file keys this rule (with its table ``settings``) fixes: ``{key: (value, why)}``.
+
+        `arsim.config` refuses another value with one line naming the key and ``why``.
+        """
+        return {}
 
     @classmethod
     def card(cls) -> str:
@@ -235,6 +246,35 @@ class Rule:
     def plasticity_scalars(self, lr: float, sizes) -> list:
         """Per projection ``l``, the values of `PLASTICITY_SCALARS` (run-time)."""
         return [dict.fromkeys(PLASTICITY_SCALARS, 0.0) | {"wdecay": self.forward_decay()} for _ in range(len(sizes) - 1)]
+
+    def layer_gains(self, layer: int, n_layers: int) -> tuple[float, float]:
+        """``(err_gain, signal_gain)`` of layer ``layer``: the precision of its error, and its learning signal per ``mu - x``.
+
+        Read only with error units (`arsim.brian.neuron`); 1, 1 otherwise.
+        """
+        return 1.0, 1.0
+
+    def local_factors(self, x: list, W: list, b: list, xbar: list, fp: list, network) -> tuple[list, list, list]:
+        """The factors of the local update from the relaxed states of one sample.
+
+        Returns ``(signal, slope, pre)``, per layer ``0..L`` (entry 0 of the
+        first two unused), with ``dW^l = (signal^{l+1} * slope^{l+1}) pre^l^T``:
+        the frozen pass uses ``(x, fp, xbar)``; the relaxed pass ``f'`` at the
+        current drive and the relaxed ``x`` as pre-synaptic activity.
+        """
+        if self.frozen_forward:
+            return x, fp, xbar
+        n_layers = len(W)
+        pre = [xbar[0]] + list(x[1:])
+        slope = [None] + [
+            (network.output if l == n_layers else network.hidden).fprime(W[l - 1] @ pre[l - 1] + b[l - 1])
+            for l in range(1, n_layers + 1)
+        ]
+        return x, slope, pre
+
+    def signal_traces(self, xtrace: list, W: list, b: list, xbar: list, x_in, network) -> list:
+        """The learning signal of layers ``1..L`` over time from the recorded ``x`` (rows are records)."""
+        return xtrace
 
     def mirror_shape(self) -> tuple:
         """``(steps, samples)`` of the mirror phase per batch (weight mirror only)."""
