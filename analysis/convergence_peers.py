@@ -1,4 +1,4 @@
-"""Convergence time of AR against its dynamical peers: predictive coding with fixed and strict predictions.
+"""Convergence time of AR against its dynamical peers: predictive coding (fixed, strict) and dynamic inversion.
 
 AR's claim (Millidge et al. 2020, arXiv:2009.05359) is one fast parallel
 backward phase on one unit type. Its continuous-time competitors relax too;
@@ -13,9 +13,13 @@ hidden layer's learning signal takes to reach relative error 1e-3:
   ``P(Bin(n, eta) <= k - 1) = 1e-3`` for the layer ``k`` below the output;
 * ``pc_strict``: strict predictive coding (predictions and ``f'`` from the
   current state, equal variances): its fixed point is not BP, so it is
-  timed against its own final state (60 tau) and its gap to BP is reported.
-
-Dynamic inversion (SPEC 3.10) joins this figure when its rule lands.
+  timed against its own final state (60 tau) and its gap to BP is reported;
+* ``dinv``: dynamic inversion (SPEC 3.10; ``B = -W^T``, ``alpha = 0.01``,
+  error units and controllers from 0): timed against its own fixed point,
+  the damped pseudo-inverse cascade ``x^l* = B (W B - alpha I)^-1 delta^{l+1}``
+  (closed form), with its gap and angle to BP. Its slowest mode decays like
+  ``(alpha + s_min^2) / (1 + alpha)`` per tau, ``s_min`` the smallest singular
+  value of a square random layer, so it may not converge in 60 tau at all.
 
 (a) Convergence time of every hidden layer against its distance ``k`` from
     the output, per rule (strict PC: to its own fixed point).
@@ -50,6 +54,7 @@ from arsim.brian.network import topology_for  # noqa: E402
 from arsim.config import n_relax_steps, resolve  # noqa: E402
 from arsim.io import provenance  # noqa: E402
 from arsim.relax import run_relaxation  # noqa: E402
+from arsim.rules.dinv import fixed_point  # noqa: E402
 from arsim.spec import Experiment  # noqa: E402
 
 E = Experiment.from_config
@@ -68,11 +73,27 @@ RULES = {
     "ar": {"rule": "ar"},
     "pc_fixed": {"rule": "pc", "pc.prediction": "fixed"},
     "pc_strict": {"rule": "pc", "pc.prediction": "strict"},
+    "dinv": {"rule": "dinv", "dinv.alpha": 0.01, "dinv.feedback": "neg_transpose", "initial_state": "zero"},
 }
-AGAINST_OWN = ("pc_strict",)
-LABELS = {"ar": "AR, forward start", "pc_fixed": "PC, fixed prediction", "pc_strict": "strict PC (to its own fixed point)"}
-MARKERS = {"ar": "s", "pc_fixed": "o", "pc_strict": "^"}
-COLORS = {"ar": "C0", "pc_fixed": "C1", "pc_strict": "C2"}
+#: timed against their own fixed point: the final state (strict PC) or the closed form (DI)
+AGAINST_OWN = ("pc_strict", "dinv")
+LABELS = {"ar": "AR, forward start", "pc_fixed": "PC, fixed prediction", "pc_strict": "strict PC (to its own fixed point)",
+          "dinv": "dynamic inversion (to its own fixed point)"}
+MARKERS = {"ar": "s", "pc_fixed": "o", "pc_strict": "^", "dinv": "D"}
+COLORS = {"ar": "C0", "pc_fixed": "C1", "pc_strict": "C2", "dinv": "C3"}
+
+
+def own_fixed_points(name: str, res) -> list:
+    """The learning signal each layer relaxes to (index 0 unused): the final state, or DI's closed-form cascade."""
+    if name != "dinv":
+        return [None] + [trace[-1] for trace in res.xtrace[1:]]
+    n_layers = len(res.problem.W)
+    alpha = res.experiment.rule.alpha
+    target = [None] * n_layers + [res.x[n_layers]]
+    for l in range(n_layers - 1, 0, -1):
+        delta = (target[l + 1] * res.fp[l + 1])[None]
+        target[l] = fixed_point(res.problem.W[l], res.B_used[l], alpha, delta)[0]
+    return target
 
 
 def net_config(depth: int, shape: dict, keys: dict) -> dict:
@@ -94,6 +115,30 @@ def net_config(depth: int, shape: dict, keys: dict) -> dict:
         },
         source=f"{NAME} (L = {depth}, rule {keys['rule']})",
     )
+
+
+#: nets whose random-feedback DI stability at initialisation is counted over `SEEDS` seeds
+STABILITY_NETS = {"digits_ar": "models/digits_ar.toml", "mnist_ar": "models/mnist_ar.toml"}
+SEEDS = 20
+
+
+def random_feedback_instability(config: dict, seeds: int = SEEDS) -> tuple[int, list]:
+    """How many of ``seeds`` initialisations of ``config`` with random ``B`` make some DI layer unstable.
+
+    Returns the count and, per seed, the first failing condition (or None).
+    """
+    from arsim.training import init_params
+
+    reasons = []
+    for seed in range(seeds):
+        experiment = E(resolve({**config, "rule": "dinv", "dinv.feedback": "random", "seed": seed}))
+        params = init_params(experiment)
+        try:
+            experiment.rule.check_stability(params.W, params.B, experiment.network.eta, "at initialisation")
+            reasons.append(None)
+        except FloatingPointError as err:
+            reasons.append(str(err))
+    return sum(r is not None for r in reasons), reasons
 
 
 def simulate(quick: bool = False) -> tuple[dict, dict]:
@@ -119,6 +164,7 @@ def simulate(quick: bool = False) -> tuple[dict, dict]:
         arrays[f"err_{name}"] = np.full((len(depths), k_max, n_records), np.nan)
         arrays[f"tconv_{name}"] = np.full((len(depths), k_max), np.nan)
         arrays[f"gap_{name}"] = np.full((len(depths), k_max), np.nan)
+        arrays[f"angle_{name}"] = np.full((len(depths), k_max), np.nan)
     runs, compile_seconds = [], 0.0
     for d, depth in enumerate(depths):
         for name, keys in RULES.items():
@@ -128,20 +174,33 @@ def simulate(quick: bool = False) -> tuple[dict, dict]:
             res = run_relaxation(config, runner=runner)
             arrays["t"] = res.t
             threshold = config["threshold"]
+            own = own_fixed_points(name, res)
             for layer in range(1, depth):
                 k = depth - layer
                 err = metrics.relative_error_trace(res.xtrace[layer], res.bp.dxbar[layer])
                 arrays[f"err_{name}"][d, k - 1] = err
                 arrays[f"gap_{name}"][d, k - 1] = err[-1]
+                arrays[f"angle_{name}"][d, k - 1] = metrics.angle_deg(res.xtrace[layer][-1], res.bp.dxbar[layer])
                 if name in AGAINST_OWN:
-                    own = metrics.relative_error_trace(res.xtrace[layer], res.xtrace[layer][-1])
-                    arrays[f"tconv_{name}"][d, k - 1] = metrics.convergence_time(res.t, own, threshold)
+                    to_own = metrics.relative_error_trace(res.xtrace[layer], own[layer])
+                    arrays[f"tconv_{name}"][d, k - 1] = metrics.convergence_time(res.t, to_own, threshold)
                 else:
                     arrays[f"tconv_{name}"][d, k - 1] = metrics.convergence_time(res.t, err, threshold)
             runs.append({"depth": depth, "rule": name, "sizes": config["sizes"],
                          "t_conv_tau_by_k": [float(arrays[f"tconv_{name}"][d, k - 1]) for k in range(1, depth)],
                          "gap_to_bp_by_k": [float(arrays[f"gap_{name}"][d, k - 1]) for k in range(1, depth)],
+                         "angle_to_bp_deg_by_k": [float(arrays[f"angle_{name}"][d, k - 1]) for k in range(1, depth)],
                          "run_seconds": res.run_seconds})
+    from arsim.config import load
+
+    unstable = {}
+    nets = {"figure": net_config(depths[-1], shape, RULES["ar"])}
+    nets.update({name: load(ROOT / path) for name, path in STABILITY_NETS.items()})
+    for name, net in nets.items():
+        count, reasons = random_feedback_instability({k: v for k, v in net.items() if not k.startswith("ar.")},
+                                                     seeds=4 if quick else SEEDS)
+        unstable[name] = {"sizes": net["sizes"], "unstable": count, "seeds": len(reasons), "reasons": reasons}
+        arrays[f"random_b_unstable_{name}"] = np.array([count, len(reasons)])
     arrays.update({
         "script": np.array(NAME), "quick": np.array(quick), "depths": np.array(depths), "n_in": np.array(shape["n_in"]),
         "width": np.array(shape["width"]), "n_out": np.array(shape["n_out"]), "eta": np.array(ETA),
@@ -153,6 +212,7 @@ def simulate(quick: bool = False) -> tuple[dict, dict]:
         "quick": quick,
         "scan": {"depths": depths, "rules": RULES, "other keys": "as config, sizes per depth"},
         "runs": runs,
+        "dinv_random_feedback_unstable_at_init": unstable,
         "compile_seconds": compile_seconds,
         "simulate_seconds": time.perf_counter() - started,
     }
@@ -180,17 +240,29 @@ def plot(data: Path, out_dir: Path) -> list:
         ax_t.plot(k_all, fixed_prediction_steps(k_all, eta, thr) * eta, color="k", lw=0.8, marker="_", ms=10,
                   label=rf"closed form, fixed prediction: $P(\mathrm{{Bin}}(n,\eta)<k) = ${thr:g}")
         offsets = {name: (i - (len(rules) - 1) / 2) * 0.12 for i, name in enumerate(rules)}
+        t_end = float(d["t"][-1])
+        never = False
         for name in rules:
             for i, depth in enumerate(depths):
-                k = np.arange(1, depth)
-                ax_t.plot(k + offsets[name], d[f"tconv_{name}"][i, : depth - 1], ls="none", marker=MARKERS[name], ms=3.5,
+                k = np.arange(1, depth) + offsets[name]
+                times = d[f"tconv_{name}"][i, : depth - 1]
+                ax_t.plot(k, np.where(np.isfinite(times), times, np.nan), ls="none", marker=MARKERS[name], ms=3.5,
                           color=COLORS[name], mfc="none" if name == "pc_fixed" else COLORS[name],
                           label=LABELS[name] if i == 0 else None)
+                # layers that did not converge within the simulated time: at the top edge, hollow
+                missing = np.isinf(times)
+                never |= bool(missing.any())
+                ax_t.plot(k[missing], np.full(missing.sum(), t_end), ls="none", marker=MARKERS[name], ms=3.5,
+                          color=COLORS[name], mfc="none", clip_on=False)
+        if never:
+            ax_t.text(0.98, 0.03, f"hollow at {t_end:g}: not converged within {t_end:g} $\\tau$", transform=ax_t.transAxes,
+                      ha="right", va="bottom", fontsize=6, color="0.3")
         ax_t.set_xlabel("layer's distance $k$ from the output")
         ax_t.set_ylabel(rf"$t_{{conv}}\,/\,\tau$ (rel. error < {thr:g})")
         ax_t.set_xticks(k_all)
         ax_t.set_title("(a) convergence time, every hidden layer of every net", loc="left")
-        ax_t.legend(loc="upper left", fontsize=6)
+        ax_t.set_ylim(0, t_end * 1.02)
+        ax_t.legend(loc="center left", fontsize=6)
 
         t = d["t"]
         for i in sorted({0, len(depths) - 1}):
@@ -205,9 +277,9 @@ def plot(data: Path, out_dir: Path) -> list:
         ax_e.set_xlabel(r"time $t\,/\,\tau$")
         ax_e.set_ylabel("relative error of the bottom hidden layer vs BP")
         ax_e.set_title("(b) against backprop's gradient", loc="left")
-        ax_e.legend(loc="lower left", fontsize=5.5, ncol=2)
+        ax_e.legend(loc="center right", fontsize=5.5, ncol=2)
         sizes = f"{int(d['n_in'])}-{int(d['width'])}$\\times$(L$-$1)-{int(d['n_out'])}"
-        fig.suptitle(f"AR and predictive coding: {sizes} tanh, L = {depths.min()}..{depths.max()}, $dt/\\tau = {eta:g}$"
+        fig.suptitle(f"AR, predictive coding and dynamic inversion: {sizes} tanh, L = {depths.min()}..{depths.max()}, $dt/\\tau = {eta:g}$"
                      f" (Brian2){'  [quick]' if d['quick'] else ''}")
         paths = figure_script.save_figure(fig, out_dir, data.stem, DPI)
         plt.close(fig)

@@ -62,6 +62,10 @@ VARIANTS = {
     "wm": {"rule": "wm"},
     "ia": {"rule": "ia"},
     "sign": {"rule": "sign"},
+    "pc": {"rule": "pc"},
+    "pc-strict": {"rule": "pc", "pc.prediction": "strict"},
+    "pc-learned": {"rule": "pc", "pc.backward": "learned"},
+    "dinv": {"rule": "dinv"},
 }
 
 #: per model name, variant overrides picked by the hyper-parameter sweeps (README, "Rule comparison"):
@@ -88,6 +92,10 @@ LABELS = {
     "wm": "weight mirror",
     "ia": "information alignment",
     "sign": "sign symmetry",
+    "pc": "PC, fixed prediction",
+    "pc-strict": "strict PC",
+    "pc-learned": "PC, learned B",
+    "dinv": "dynamic inversion",
 }
 
 

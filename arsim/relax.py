@@ -81,13 +81,18 @@ def network_params(topo: Topology, network: NetworkSpec, problem: Problem, n_rel
         params[f"layer{layer}.act_kind"] = np.array([ACTIVATION_CODES[kind]])
         params[f"layer{layer}.act_slope"] = np.array([network.leaky_slope])
         params[f"layer{layer}.tau"] = np.array([DT_INTERNAL / eta])
-        params[f"layer{layer}.x_start"] = np.array([1.0 if network.initial_state == "forward" else 0.0])
+        params[f"layer{layer}.x_start"] = np.array([rule.x_start(network.initial_state, training=False)])
         params[f"layer{layer}.n_relax"] = np.array([n_relax])
         err_gain, signal_gain = rule.layer_gains(layer, topo.n_layers)
         params[f"layer{layer}.err_gain"] = np.array([err_gain])
         params[f"layer{layer}.signal_gain"] = np.array([signal_gain])
         if layer >= 1:
             params[f"layer{layer}.b"] = problem.b[layer - 1]
+    if rule.controllers:
+        for layer in range(2, topo.n_layers + 1):
+            params[f"ctrl{layer}.tau"] = np.array([DT_INTERNAL / eta])
+            params[f"ctrl{layer}.n_relax"] = np.array([n_relax])
+            params[f"ctrl{layer}.leak"] = np.array([rule.alpha])
     for layer in range(topo.n_layers):
         params[f"proj{layer}.w"] = problem.W[layer].ravel()
     params.update(rule.backward_arrays(problem.B))
@@ -235,13 +240,15 @@ def run_relaxation(experiment, device: str = "cpp", runner: Runner | None = None
     if not experiment.rule.simulated:
         return _oracle_relaxation(experiment)
     net = experiment.network
-    topo = runner.topology if runner is not None else topology_for(experiment)
-    runner = runner or get_runner(topo, device)
     problem = draw_problem(experiment)
     eta = net.eta
+    rule = experiment.rule
+    # before any compilation: an unstable draw is refused in one line
+    rule.check_stability(problem.W, problem.B, eta, "with the drawn weights")
+    topo = runner.topology if runner is not None else topology_for(experiment)
+    runner = runner or get_runner(topo, device)
     n_relax = net.n_relax_steps
     started = time.perf_counter()
-    rule = experiment.rule
     raw = runner.run(network_params(topo, net, problem, n_relax, rule=rule))
     run_seconds = time.perf_counter() - started
 

@@ -171,8 +171,8 @@ class BrianTrainer:
         b = [np.tile(v, topo.copies) for v in params.b]
         out = network_params(topo, net, Problem(W=params.W, b=b, B=params.B, x_in=x, target=targets), rule=self.rule)
         for layer in range(topo.n_layers + 1):
-            # training always relaxes from the forward state, as its numpy references do
-            out[f"layer{layer}.x_start"] = np.array([1.0])
+            # AR and its peers train from the forward state, as their numpy references do (the rule decides)
+            out[f"layer{layer}.x_start"] = np.array([self.rule.x_start(net.initial_state, training=True)])
             out[f"layer{layer}.lr"] = np.array([training.lr])
             out[f"layer{layer}.batch_size"] = np.array([training.batch_size])
             out[f"layer{layer}.learn_bias"] = np.array([1.0 if net.bias else 0.0])
@@ -201,12 +201,16 @@ class BrianTrainer:
         started = time.perf_counter()
         if noise is None:
             noise = self.mirror_noise(epoch, first_batch)
+        eta = self.experiment.network.eta
+        self.rule.check_stability(params.W, params.B, eta, f"before the run of epoch {epoch} at batch {first_batch + 1}")
         raw = self.runner.run(self.params_for_run(params, x, targets, noise))
         seconds = time.perf_counter() - started
         sizes = topo.sizes
         W = [raw[f"proj{l}.w"].reshape(sizes[l + 1], sizes[l]) for l in range(topo.n_layers)]
         b = [raw[f"layer{l + 1}.b"][:sizes[l + 1]].copy() for l in range(topo.n_layers)]
         new = Params(W, b, self.rule.backward_from_results(raw, W, params.B))
+        self.rule.check_stability(new.W, new.B, eta, f"after the run of epoch {epoch} that ended at batch"
+                                  f" {first_batch + len(x) // self.experiment.training.batch_size}")
         return ChunkResult(params=new, alignment=self._alignment(raw, x, targets, first_batch), seconds=seconds)
 
     def _alignment(self, raw: dict, x: np.ndarray, targets: np.ndarray, first_batch: int) -> list:

@@ -146,7 +146,7 @@ def test_cold_start_convergence_times_are_the_binomial_tail(quick):
 
 
 def test_peers_fixed_prediction_on_the_binomial_tail_and_strict_pc_short_of_bp(quick):
-    """PC under fixed prediction starts its error at 0: the same law as AR's cold start; strict PC has a gap."""
+    """PC under fixed prediction starts its error at 0: the same law as AR's cold start; strict PC and DI have a gap."""
     _, data, _, code = quick("convergence_peers")
     assert code == 0
     d = np.load(data)
@@ -162,8 +162,15 @@ def test_peers_fixed_prediction_on_the_binomial_tail_and_strict_pc_short_of_bp(q
             # strict PC reaches its own fixed point, which is not backprop's gradient
             assert d["tconv_pc_strict"][i, k - 1] < d["t"][-1]
             assert d["gap_pc_strict"][i, k - 1] > 1e-2
+            # dynamic inversion: the damped pseudo-inverse, not backprop's gradient
+            assert d["gap_dinv"][i, k - 1] > 1e-2 and d["angle_dinv"][i, k - 1] > 1.0
             checked += 1
     assert checked == sum(depth - 1 for depth in d["depths"])
+    # the top hidden layer (5 units under the 2-unit output) inverts a contracting layer: it converges in time
+    assert np.all(np.isfinite(d["tconv_dinv"][:, 0]))
+    # random feedback is counted at initialisation, seed by seed
+    count, seeds = d["random_b_unstable_figure"]
+    assert 0 <= count <= seeds == 4
 
 
 def test_top_hidden_layer_error_is_one_minus_eta_to_the_n(quick):

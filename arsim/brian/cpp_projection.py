@@ -63,7 +63,7 @@ import numpy as np
 from ..rules.base import PLASTICITY_SCALARS
 
 
-__all__ = ["TICK_EQUATION", "add_dense_projection", "add_dense_plasticity", "blas_compiler_kwds"]
+__all__ = ["TICK_EQUATION", "add_dense_projection", "add_dense_plasticity", "add_controller_drive", "blas_compiler_kwds"]
 
 #: shared variable of a dense projection on which the mat-vec functions are called
 TICK_EQUATION = "proj_tick : 1 (shared)"
@@ -682,3 +682,68 @@ def add_dense_plasticity(syn, pre, post, rule, functions: dict, copies: int, sam
         f"proj_tick = {apply}(proj_tick, t_in_timesteps, steps_per_sample_post, batch_size_post, lr_post, {scalars})",
         dt=sample_dt, when="start", order=apply_order, name=f"{syn.name}_apply",
     )
+
+
+_CONTROLLER_DRIVE_CPP = """
+static double {func}(const double tick)
+{{
+    // fb of the controllers (copies x n_post) = X W^T - x_above * f'_above, X = x of the layer below
+    // (copies x n_pre): the mismatch between the forward image of the error units and delta above
+    const {real}* __restrict W = {w};
+    const {real}* __restrict below = {x_pre};
+    const {real}* __restrict above = {x_above};
+    const {real}* __restrict d = {fp_above};
+    {real}* __restrict out = {fb_post};
+    for (int s = 0; s < {copies}; s++)
+    {{
+        const {real}* __restrict v = below + (size_t)s * {n_pre};
+        for (int j = 0; j < {n_post}; j++)
+        {{
+            const {real}* __restrict row = W + (size_t)j * {n_pre};
+            {real} sum = 0;
+            for (int i = 0; i < {n_pre}; i++)
+                sum += row[i] * v[i];
+            const size_t k = (size_t)s * {n_post} + j;
+            out[k] = sum - above[k] * d[k];
+        }}
+    }}
+    return tick;
+}}
+"""
+
+
+def add_controller_drive(syn, forward, pre, controllers, above, order: int, copies: int = 1) -> None:
+    """Schedule the drive ``fb = W x_pre - x_above * f'_above`` of a controller population (dynamic inversion).
+
+    ``syn`` (pre -> controllers, holding the rule's ``B`` in ``wb`` and
+    ``TICK_EQUATION``) runs it at slot ``groups``, ``order``, every step, from
+    the weights ``w`` of the ``forward`` projection (pre -> above); the
+    controllers and ``above`` have the same units.
+    """
+    from brian2 import get_device
+
+    n_pre, n_post = len(pre) // copies, len(above) // copies
+    func = f"arsim_{syn.name}_controller_drive"
+
+    def numpy_drive(tick):
+        W = forward.variables["w"].get_value().reshape(n_post, n_pre)
+        below = pre.variables["x"].get_value().reshape(copies, n_pre)
+        delta = above.variables["x"].get_value() * above.variables["fp"].get_value()
+        controllers.variables["fb"].get_value()[:] = (below @ W.T).ravel() - delta
+        return tick
+
+    function = _function(numpy_drive, ["float"])
+    if _standalone():
+        device = get_device()
+        code = _CONTROLLER_DRIVE_CPP.format(
+            **_types(), func=func, n_pre=n_pre, n_post=n_post, copies=copies,
+            w=f"brian::{device.get_array_name(forward.variables['w'], access_data=False)}.data()",
+            x_pre=f"brian::{device.get_array_name(pre.variables['x'])}",
+            x_above=f"brian::{device.get_array_name(above.variables['x'])}",
+            fp_above=f"brian::{device.get_array_name(above.variables['fp'])}",
+            fb_post=f"brian::{device.get_array_name(controllers.variables['fb'])}",
+        )
+        _add_cpp(function, code, func)
+    name = f"{syn.name}_controller_drive"
+    syn.namespace[name] = function
+    syn.run_regularly(f"proj_tick = {name}(proj_tick)", when="groups", order=order, name=name)

@@ -47,7 +47,7 @@ __all__ = ["Runner", "StandaloneRunner", "RuntimeRunner", "build_cache_dir", "ge
 
 #: neuron variables replaced at run time (all but ``b`` are shared scalars)
 RUNTIME_NEURON_PARAMETERS = ("b", "tau", "n_relax", "act_kind", "act_slope", "x_start", "lr", "batch_size", "learn_bias",
-                             "err_gain", "signal_gain")
+                             "err_gain", "signal_gain", "leak")
 _INTEGER_PARAMETERS = ("n_relax", "act_kind", "batch_size")
 
 #: number of compilations done by this process (tests count builds with it)
@@ -121,7 +121,7 @@ def _topology_hash(topo: Topology) -> str:
 def _parameter_views(built):
     """Map parameter keys to the Brian2 objects that can be replaced per run."""
     views = {"input_values": built.input_values, "target_values": built.target_values}
-    for group in built.layers:
+    for group in (*built.layers, *built.controllers):
         for var in RUNTIME_NEURON_PARAMETERS:
             views[f"{group.name}.{var}"] = getattr(group, var)
     for syn in built.projections:
@@ -139,6 +139,8 @@ def _result_variables(built):
     for group in built.layers:
         for var in ("x", "xbar", "fp", "fb", "b"):
             out[f"{group.name}.{var}"] = group.variables[var]
+    for group in built.controllers:
+        out[f"{group.name}.x"] = group.variables["x"]
     for syn in built.projections:
         for var in ("w", "wb"):
             if var in syn.variables:
@@ -162,6 +164,10 @@ def parameter_sizes(topo: Topology) -> dict:
             sizes[f"layer{index}.{var}"] = topo.copies * size if var == "b" else 1
     rule = topo.make_rule()
     n_layers = topo.n_layers
+    if rule.controllers:
+        for index in range(2, n_layers + 1):
+            for var in RUNTIME_NEURON_PARAMETERS:
+                sizes[f"ctrl{index}.{var}"] = topo.copies * topo.sizes[index] if var == "b" else 1
     for index in range(n_layers):
         sizes[f"proj{index}.w"] = topo.sizes[index] * topo.sizes[index + 1]
         if topo.train and topo.projection == "dense":
@@ -355,7 +361,7 @@ class RuntimeRunner(Runner):
                     group.namespace[key] = new
                 continue
             obj_name, var = key.split(".")
-            obj = next(o for o in (*built.layers, *built.projections, *built.noise_groups) if o.name == obj_name)
+            obj = next(o for o in (*built.layers, *built.controllers, *built.projections, *built.noise_groups) if o.name == obj_name)
             if var == "tau":
                 setattr(obj, var, value.item() * second)
             else:

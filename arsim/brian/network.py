@@ -51,7 +51,7 @@ import numpy as np
 from brian2 import Clock, NeuronGroup, Network, StateMonitor, Synapses, TimedArray, prefs, second
 
 from ..activations import ACTIVATION_CODES, brian_functions
-from .cpp_projection import TICK_EQUATION, add_dense_plasticity, add_dense_projection
+from .cpp_projection import TICK_EQUATION, add_controller_drive, add_dense_plasticity, add_dense_projection
 from .neuron import neuron_equations, store_code
 from ..rules import PLASTICITY_SCALARS, Rule, make_rule
 
@@ -161,6 +161,7 @@ class BuiltNetwork:
     monitors: dict = field(default_factory=dict)
     align_monitors: dict = field(default_factory=dict)
     noise_groups: list = field(default_factory=list)
+    controllers: list = field(default_factory=list)
     input_values: TimedArray | None = None
     target_values: TimedArray | None = None
     duration: float = 0.0
@@ -213,6 +214,7 @@ def build_network(topo: Topology) -> BuiltNetwork:
         group.batch_size = 1
         group.err_gain = 1.0
         group.signal_gain = 1.0
+        group.leak = 1.0
         if topo.train and index >= 1 and topo.projection != "dense":
             _add_bias_plasticity(group, sample_dt, rule)
         role = "input" if index == 0 else ("output" if index == n_layers else "hidden")
@@ -225,12 +227,28 @@ def build_network(topo: Topology) -> BuiltNetwork:
             group.state_updater.active = False
         layers.append(group)
 
+    # dynamic inversion: the controllers u^{l+1} of every hidden layer l, same neuron type, leak alpha
+    controllers = {}
+    if rule.controllers:
+        for index in range(2, n_layers + 1):
+            group = NeuronGroup(copies * topo.sizes[index], neuron_equations(), method="euler", namespace=namespace,
+                                order=layers[index].order, clock=clock, name=f"ctrl{index}")
+            group.hidden = 1.0
+            group.tau = 10 * DT_INTERNAL * second
+            group.n_relax = topo.max_relax
+            group.steps_per_sample = steps
+            group.batch_size = 1
+            group.leak = 1.0
+            group.run_regularly(store_code("controller"), dt=sample_dt, when="start", order=3 * index, name=f"ctrl{index}_store")
+            controllers[index] = group
+
     projections = []
     dense = topo.projection == "dense"
     for index in range(n_layers):
         pre, post = layers[index], layers[index + 1]
         holds_backward = rule.backward_holder(index, n_layers) == f"proj{index}"
-        feeds_back = index >= 1 and not rule.direct  # the input layer does not relax: no feedback into it
+        # the input layer does not relax: no feedback into it; direct feedback and controllers bring their own
+        feeds_back = index >= 1 and not rule.direct and not rule.controllers
         if dense:
             # the sums (a, anow, fb) are C++ mat-vecs over w / wb (arsim/brian/cpp_projection.py)
             model = ["w : 1", "wb : 1" if holds_backward else "", TICK_EQUATION]
@@ -277,17 +295,21 @@ def build_network(topo: Topology) -> BuiltNetwork:
             syn.run_regularly(rule.apply_code(), dt=sample_dt, when="start", order=ORDER_APPLY, name=f"proj{index}_apply")
         projections.append(syn)
 
-    # direct feedback (DFA): one feedback-only pathway from the output to every hidden layer
+    # direct feedback (DFA): one feedback-only pathway from the output to every hidden layer;
+    # dynamic inversion: from the controllers u^{l+1}, which the same Synapses drive with W^l x^l - delta^{l+1}
     for index in range(1, n_layers):
         holder = rule.backward_holder(index, n_layers)
         if holder is None or holder == f"proj{index}":
             continue
-        pre, post = layers[index], layers[rule.feedback_source(index, n_layers)]
+        source = rule.feedback_source(index, n_layers)
+        pre, post = layers[index], controllers[source] if rule.controllers else layers[source]
         syn = Synapses(pre, post, model="\n".join(["wb : 1", TICK_EQUATION]), clock=clock, namespace=dict(namespace), name=holder)
         i, j = projection_indices(len(pre) // copies, len(post) // copies)
         syn.connect(i=i, j=j)
         add_dense_projection(syn, pre, post, rule, functions=namespace, forward_order=None, sample_dt=sample_dt,
                              feedback_order=pre.order - 1, current_drive_order=None, copies=copies)
+        if rule.controllers:
+            add_controller_drive(syn, projections[index], pre, post, layers[source], order=post.order - 1, copies=copies)
         projections.append(syn)
 
     if topo.loss == "ce":
@@ -341,10 +363,11 @@ def build_network(topo: Topology) -> BuiltNetwork:
                 name=f"alignb{index}",
             )
 
-    network = Network(*layers, *projections, *extra, *monitors.values(), *align_monitors.values())
+    network = Network(*layers, *controllers.values(), *projections, *extra, *monitors.values(), *align_monitors.values())
     return BuiltNetwork(
         network=network,
         layers=layers,
+        controllers=list(controllers.values()),
         projections=projections,
         monitors=monitors,
         align_monitors=align_monitors,

@@ -18,6 +18,7 @@ Parameter           Unit    Math            Default      Description
 ``act_kind``        1       f               tanh         activation code (``ACTIVATION_CODES``, shared)
 ``act_slope``       1       --              0.01         negative slope of leaky_relu (shared)
 ``x_start``         1       --              1            x(0) = x_start * xbar (1: AR, 0: cold start)
+``leak``            1       alpha           1            leak of the relaxation (shared; DI controllers: alpha)
 ``err``             1       eps^l_i         --           prediction error (x - mu) pi (error units, rule = "pc" only)
 ``err_gain``        1       pi_l = 1/sigma_l 1           precision of the layer's error (shared, error units)
 ``signal_gain``     1       sigma_L pi_l    1            learning signal -sigma_L eps per unit of (mu - x) (shared)
@@ -38,14 +39,15 @@ then stores the new sample's forward sweep.
 
 The dynamics are those of SPEC section 2,
 
-    tau dx/dt = relaxing * (-x + fb),
+    tau dx/dt = relaxing * (-leak x + fb),
 
+(``leak`` is 1 but for the controllers of dynamic inversion, SPEC 3.10)
 or, for a rule with error units (predictive coding, SPEC 3.7), where ``x``
 is the value node and the error ``err = (x - mu) pi`` is a subexpression of
 the same neuron (``mu`` the stored ``xbar`` under fixed prediction, the
 current ``f(anow + b)`` under strict PC),
 
-    tau dx/dt = relaxing * (-err + fb),
+    tau dx/dt = relaxing * (-leak err + fb),
 
 where ``relaxing`` is 1 for hidden units during the relaxation steps of a
 sample and 0 otherwise (input, output clamp, forward-sweep step). Phases are
@@ -60,7 +62,7 @@ from brian2 import Equations
 __all__ = ["NEURON_EQUATIONS", "neuron_equations", "store_code"]
 
 NEURON_EQUATIONS = """
-dx/dt = relaxing * (fb - {leak}) / tau : 1
+dx/dt = relaxing * (fb - leak * {state}) / tau : 1
 relaxing = hidden * int(step_in_sample >= 1) * int(step_in_sample <= n_relax) : 1
 step_in_sample = t_in_timesteps % steps_per_sample : integer
 u = a + b : 1
@@ -86,6 +88,7 @@ n_relax : integer (shared, constant)
 steps_per_sample : integer (shared, constant)
 err_gain : 1 (shared, constant)
 signal_gain : 1 (shared, constant)
+leak : 1 (shared, constant)
 """
 
 #: the prediction ``mu`` of a unit with error units: frozen at the forward sweep, or recomputed every step
@@ -104,9 +107,9 @@ def neuron_equations(error_units: str | None = None) -> Equations:
         ``mu`` of `PREDICTIONS` (predictive coding).
     """
     if error_units is None:
-        return Equations(NEURON_EQUATIONS.format(leak="x"))
+        return Equations(NEURON_EQUATIONS.format(state="x"))
     error = f"err = (x - {PREDICTIONS[error_units]}) * err_gain : 1\n"
-    return Equations(NEURON_EQUATIONS.format(leak="err") + error)
+    return Equations(NEURON_EQUATIONS.format(state="err") + error)
 
 
 def store_code(role: str, loss: str = "mse", value_nodes: bool = False) -> str:
@@ -114,8 +117,8 @@ def store_code(role: str, loss: str = "mse", value_nodes: bool = False) -> str:
 
     Parameters
     ----------
-    role : {"input", "hidden", "output"}
-        The layer's role.
+    role : {"input", "hidden", "output", "controller"}
+        The layer's role (controllers of dynamic inversion start every sample at 0).
     loss : {"mse", "ce"}
         Loss, which decides the output clamp ``x = e`` (SPEC section 1).
     value_nodes : bool
@@ -127,6 +130,8 @@ def store_code(role: str, loss: str = "mse", value_nodes: bool = False) -> str:
         error = "2.0*(xbar - target_values(t, i))" if loss == "mse" else "(xbar - target_values(t, i))"
         forward = "xbar = act_f(u, act_kind, act_slope)\nfp = act_fp(u, act_kind, act_slope)" if loss == "mse" else "xbar = 1.0/zsum\nfp = 1.0"
         return f"{forward}\nx = xbar - {error}"
+    if role == "controller":
+        return "x = 0.0"
     if role == "input":
         return "xbar = input_values(t, i)\nfp = 1.0\nx = xbar"
     forward = "xbar = act_f(u, act_kind, act_slope)\nfp = act_fp(u, act_kind, act_slope)"

@@ -143,6 +143,8 @@ class Rule:
     #: None: the relaxing state is the learning signal (AR and the FA family); "fixed" or
     #: "strict": ``x`` is a value node relaxing down the prediction error (predictive coding)
     error_units: ClassVar[str | None] = None
+    #: a controller population per hidden layer (``ctrl{l+1}``, dynamic inversion) drives its feedback
+    controllers: ClassVar[bool] = False
 
     def __init__(self, settings: dict | None = None, derivative: bool = True, ordering: str = "synchronous",
                  forward: str = "frozen", feedback: str = "transpose"):
@@ -246,6 +248,13 @@ class Rule:
     def plasticity_scalars(self, lr: float, sizes) -> list:
         """Per projection ``l``, the values of `PLASTICITY_SCALARS` (run-time)."""
         return [dict.fromkeys(PLASTICITY_SCALARS, 0.0) | {"wdecay": self.forward_decay()} for _ in range(len(sizes) - 1)]
+
+    def x_start(self, initial_state: str, training: bool) -> float:
+        """``x(0) / xbar`` of the hidden layers: ``initial_state`` in a relaxation, the forward state in training."""
+        return 1.0 if training or initial_state == "forward" else 0.0
+
+    def check_stability(self, W: list, B: list, eta: float, when: str) -> None:
+        """Raise `FloatingPointError` (one line) if the rule's dynamics cannot converge with these weights."""
 
     def layer_gains(self, layer: int, n_layers: int) -> tuple[float, float]:
         """``(err_gain, signal_gain)`` of layer ``layer``: the precision of its error, and its learning signal per ``mu - x``.

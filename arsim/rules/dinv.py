@@ -1,0 +1,173 @@
+"""Dynamic inversion (Podlaski & Machens 2020, arXiv 2007.05112), SPEC 3.10."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .base import Param, Rule, non_negative, register
+
+__all__ = ["DynamicInversion", "UnstableInversion", "stability", "fixed_point"]
+
+FEEDBACK = ("neg_transpose", "random")
+
+
+class UnstableInversion(FloatingPointError):
+    """A layer's inversion dynamics are unstable (reported in one line; the CLI exits with status 3)."""
+
+
+def _one_of(choices):
+    def check(value):
+        return None if value in choices else "one of " + ", ".join(repr(c) for c in choices)
+
+    return check
+
+
+def fixed_point(W: np.ndarray, B: np.ndarray, alpha: float, delta: np.ndarray) -> np.ndarray:
+    """``x* = B (W B - alpha I)^-1 delta``, the equilibrium of one layer's inversion (``delta`` in rows)."""
+    n_above = W.shape[0]
+    return np.linalg.solve(W @ B - alpha * np.eye(n_above), delta.T).T @ B.T
+
+
+def stability(W: np.ndarray, B: np.ndarray, alpha: float, eta: float) -> tuple[str | None, str | None]:
+    """The exact stability conditions of one layer's inversion (SPEC 3.10, research/gait_pal_di.md C.3).
+
+    With ``tau_u = tau_x``: for every eigenvalue ``mu`` of ``W B`` (``B W`` if the layer above is
+    wider), ``Re mu + (Im mu)^2 / (1 + alpha)^2 < alpha``, and ``alpha > 0`` if the layer above is
+    wider; the forward-Euler map of step ``eta`` converges iff every eigenvalue ``lambda`` of the
+    Jacobian ``[[-I, B], [W, -alpha I]]`` has ``|1 + eta lambda| < 1``.
+
+    Returns
+    -------
+    continuous, discrete : str or None
+        None where the condition holds, else what fails (the offending eigenvalue and the condition).
+    """
+    n_above, n_below = W.shape
+    continuous = None
+    if n_above > n_below and not alpha > 0:
+        continuous = f"alpha = {alpha:g} with a wider layer above ({n_above} > {n_below} units); expected alpha > 0"
+    else:
+        mu = np.linalg.eigvals(W @ B if n_above <= n_below else B @ W)
+        margin = alpha - mu.real - mu.imag**2 / (1.0 + alpha) ** 2
+        worst = int(np.argmin(margin))
+        if margin[worst] <= 0:
+            continuous = (f"eigenvalue mu = {mu[worst].real:.4g}{mu[worst].imag:+.4g}j of W B violates"
+                          f" Re mu + (Im mu)^2 / (1 + alpha)^2 < alpha = {alpha:g}")
+    jacobian = np.block([[-np.eye(n_below), B], [W, -alpha * np.eye(n_above)]])
+    lam = np.linalg.eigvals(jacobian)
+    radius = np.abs(1.0 + eta * lam)
+    worst = int(np.argmax(radius))
+    discrete = None
+    if radius[worst] >= 1.0:
+        discrete = (f"Jacobian eigenvalue {lam[worst].real:.4g}{lam[worst].imag:+.4g}j gives |1 + (dt/tau) lambda| ="
+                    f" {radius[worst]:.6g} >= 1 at dt/tau = {eta:g} (forward Euler diverges)")
+    return continuous, discrete
+
+
+@register
+class DynamicInversion(Rule):
+    """DI: per hidden layer, error units ``x^l`` and controllers ``u^{l+1}``, both on the one neuron type."""
+
+    name = "dinv"
+    title = "Dynamic inversion"
+    summary = """
+Podlaski & Machens 2020 (SPEC 3.10). Each hidden layer `l` is inverted by a controller population
+`u^{l+1}` (the layer above's size, a role of the one neuron type with leak `alpha`) and the layer's
+error units `x^l` (its relaxing units): `tau du/dt = -alpha u + W^l x^l - delta^{l+1}`,
+`tau dx^l/dt = -x^l + B^l u`, with `delta^{l+1} = x^{l+1} * f'^{l+1}` (`x^L = e`), all layers at
+once; fixed point `x^l* = B (W B - alpha I)^-1 delta^{l+1}`, with `B = -W^T` the damped
+pseudo-inverse `W^T (W W^T + alpha I)^-1 delta`, not BP. `B` is fixed: `-W^T` of the initial
+weights (`neg_transpose`) or random `N(0, feedback_std^2)`. Update: AR's local
+`dW^l = -lr (x^{l+1} f'^{l+1}) xbar^l^T`. Stability is checked, never assumed: before and after
+every Brian2 run (a relaxation, or a training run of many batches) and after every update of the
+numpy reference, the exact condition `Re mu + (Im mu)^2 / (1 + alpha)^2 < alpha` for the eigenvalues
+`mu` of `W B` and the Euler limit `|1 + (dt/tau) lambda| < 1` of the Jacobian; an unstable layer
+stops the run with one line naming the layer and the eigenvalue (exit status 3). Error units and
+controllers start at 0 with `initial_state = "zero"` (the authors' choice), at `xbar` and 0 with
+`"forward"`. The repair of `B` (smoothed spectral abscissa) is not available yet.
+"""
+    params = {
+        "alpha": Param(float, 0.01, "alpha", "leak of the controllers (damping of the inversion)", non_negative),
+        "feedback": Param(str, "neg_transpose", "B^l", "neg_transpose: B = -W^T of the initial weights, fixed; random: N(0, feedback_std^2), fixed",
+                          _one_of(FEEDBACK)),
+    }
+    controllers = True
+
+    def __init__(self, settings=None, derivative=True, ordering="synchronous", forward="frozen", feedback="transpose"):
+        super().__init__(settings, derivative, ordering, forward, feedback)
+        # the feedback from the controllers carries u itself; f' enters through delta
+        self.derivative = False
+
+    @classmethod
+    def required_keys(cls, settings):
+        return {
+            "derivative": (True, "DI's error delta = x f' always carries the derivative"),
+            "ordering": ("synchronous", "DI's error units and controllers are integrated synchronously"),
+        }
+
+    @property
+    def alpha(self) -> float:
+        return float(self.settings["alpha"])
+
+    def backward_holder(self, layer, n_layers):
+        return f"inv{layer}" if 1 <= layer < n_layers else None
+
+    def initial_backward(self, W, rng, std):
+        if self.settings["feedback"] == "neg_transpose":
+            return [-w.T.copy() for w in W]
+        return super().initial_backward(W, rng, std)
+
+    def x_start(self, initial_state: str, training: bool) -> float:
+        return 1.0 if initial_state == "forward" else 0.0
+
+    def check_stability(self, W, B, eta, when):
+        """Raise `UnstableInversion` naming the first unstable layer (continuous condition first, then Euler's)."""
+        for l in range(1, len(W)):
+            for problem in stability(W[l], B[l], self.alpha, eta):
+                if problem:
+                    raise UnstableInversion(f"dynamic inversion of hidden layer {l} is unstable {when}: {problem}")
+
+    # ------------------------------------------------------------------ numpy reference
+
+    def reference_errors(self, network, W, b, B, x_in, targets, n_steps: int | None = None, x_start: float | None = None,
+                         record: bool = False):
+        """Integrate the error units and controllers of a batch (rows are samples), synchronous Euler.
+
+        Returns ``(x, fwd, trace)``: the error units of layers ``0..L`` (``x[L] = e``), the forward
+        sweep and, with ``record``, ``trace[l]`` of layer ``l``'s error units after every step.
+        """
+        from ..reference import oracle
+
+        fwd = oracle.forward(W, b, x_in, network.hidden, network.output, network.loss)
+        e = oracle.output_error(fwd.xbar[-1], targets, network.loss)
+        n_layers = len(W)
+        n_steps = network.n_relax_steps if n_steps is None else n_steps
+        start = self.x_start(network.initial_state, False) if x_start is None else x_start
+        x = [fwd.xbar[0]] + [start * fwd.xbar[l] for l in range(1, n_layers)] + [e]
+        u = [None, None] + [np.zeros_like(fwd.xbar[l]) for l in range(2, n_layers + 1)]  # u[l+1] inverts layer l
+        eta, alpha = network.eta, self.alpha
+        trace = [None] + [[x[l].copy()] for l in range(1, n_layers + 1)]
+        for _ in range(n_steps):
+            drive_u = [None, None] + [x[l - 1] @ W[l - 1].T - x[l] * fwd.fp[l] for l in range(2, n_layers + 1)]
+            drive_x = [None] + [u[l + 1] @ B[l].T for l in range(1, n_layers)]
+            for l in range(2, n_layers + 1):
+                u[l] = u[l] + eta * (drive_u[l] - alpha * u[l])
+            for l in range(1, n_layers):
+                x[l] = x[l] + eta * (drive_x[l] - x[l])
+            if record:
+                for l in range(1, n_layers + 1):
+                    trace[l].append(x[l].copy())
+        return x, fwd, ([None] + [np.array(t) for t in trace[1:]]) if record else None
+
+    def reference_update(self, network, W, b, B, x_in, targets):
+        x, fwd, _ = self.reference_errors(network, W, b, B, x_in, targets, x_start=self.x_start(network.initial_state, True))
+        delta = [x[l + 1] * fwd.fp[l + 1] for l in range(len(W))]
+        return [d.T @ fwd.xbar[l] for l, d in enumerate(delta)], [d.sum(axis=0) for d in delta], fwd.xbar
+
+    def reference_epoch(self, experiment, params, x_in, targets, noise=None, after_batch=None):
+        def checked(index, new):
+            self.check_stability(new.W, new.B, experiment.network.eta, f"after update {index + 1}")
+            if after_batch is not None:
+                after_batch(index, new)
+
+        self.check_stability(params.W, params.B, experiment.network.eta, "before the epoch")
+        return super().reference_epoch(experiment, params, x_in, targets, noise=noise, after_batch=checked)

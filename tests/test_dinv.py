@@ -1,0 +1,185 @@
+"""Dynamic inversion (rule = "dinv", SPEC 3.10): fixed points, the exact stability condition, Brian2 against numpy.
+
+Expected values come from the closed forms of research/gait_pal_di.md C
+(the fixed point ``B (W B - alpha I)^-1 delta``, the damped pseudo-inverse
+for ``B = -W^T``), from the eigenvalues of the full Jacobian computed here,
+and from the rule's numpy Euler loop, which shares no code with the C++.
+"""
+
+import numpy as np
+import pytest
+
+from arsim import metrics
+from arsim.brian.devices import get_runner
+from arsim.brian.network import topology_for
+from arsim.cli import main
+from arsim.config import ConfigError, resolve
+from arsim.relax import draw_problem, run_relaxation
+from arsim.rules.dinv import UnstableInversion, stability
+from arsim.spec import Experiment
+
+E = Experiment.from_config
+SIZES = [5, 7, 6, 4, 3]
+ALPHA = 0.1
+
+
+@pytest.fixture(scope="module")
+def di_runner(build_dir):
+    runners = {}
+
+    def get(config):
+        topo = topology_for(E(config), max_relax=3000)
+        if topo not in runners:
+            runners[topo] = get_runner(topo)
+        return runners[topo]
+
+    return get
+
+
+def _config(steps, **keys):
+    base = {"sizes": SIZES, "activation": "tanh", "bias": True, "init_std": 0.5, "rule": "dinv", "tau": 10.0, "dt": 1.0,
+            "duration": float(steps), "initial_state": "zero", "dinv.alpha": ALPHA}
+    return resolve({**base, **keys})
+
+
+def test_simulated_fixed_point_is_the_damped_pseudo_inverse_cascade(di_runner):
+    config = _config(3000)
+    result = run_relaxation(config, runner=di_runner(config))
+    W, fp = result.problem.W, result.fp
+    n_layers = len(SIZES) - 1
+    x = {n_layers: result.x[n_layers]}
+    for l in range(n_layers - 1, 0, -1):
+        delta = x[l + 1] * fp[l + 1]
+        # B = -W^T: x* = W^T (W W^T + alpha I)^-1 delta (written out, not the rule's solver)
+        x[l] = W[l].T @ np.linalg.inv(W[l] @ W[l].T + ALPHA * np.eye(len(delta))) @ delta
+        assert metrics.relative_error(result.x[l], x[l]) < 1e-10, l
+    # not backprop: the pseudo-inverse differs from the transpose unless the singular values are equal
+    assert metrics.relative_error(result.x[1], result.bp.dxbar[1]) > 0.05
+
+
+def test_relaxation_equals_the_numpy_loop_and_the_general_fixed_point(di_runner):
+    rng = np.random.default_rng(4)
+    config = _config(3000, **{"dinv.feedback": "random", "feedback_std": 0.4, "dinv.alpha": 0.5})
+    experiment = E(config)
+    problem = draw_problem(experiment)
+    # a random B that is stable for this draw: B = -W^T + small noise keeps the inversion stable
+    problem.B = [-w.T + 0.05 * rng.normal(size=w.T.shape) for w in problem.W]
+    runner = di_runner(config)
+    from arsim.relax import network_params
+
+    raw = runner.run(network_params(runner.topology, experiment.network, problem, rule=experiment.rule))
+    x_ref, fwd, trace = experiment.rule.reference_errors(experiment.network, problem.W, problem.b, problem.B,
+                                                         problem.x_in[None], problem.target[None], n_steps=3000, record=True)
+    n_layers = len(SIZES) - 1
+    for l in range(1, n_layers):
+        assert np.max(np.abs(raw[f"monitor{l}.x"][-1] - trace[l][-1, 0])) < 1e-10 * np.max(np.abs(trace[l]))
+        delta = x_ref[l + 1][0] * fwd.fp[l + 1][0]
+        expected = problem.B[l] @ np.linalg.solve(problem.W[l] @ problem.B[l] - 0.5 * np.eye(len(delta)), delta)
+        assert metrics.relative_error(raw[f"layer{l}.x"], expected) < 1e-10, l
+
+
+def test_runtime_device_equals_the_numpy_loop():
+    config = _config(30)
+    experiment = E(config)
+    result = run_relaxation(config, device="runtime")
+    problem = draw_problem(experiment)
+    _, _, trace = experiment.rule.reference_errors(experiment.network, problem.W, problem.b, problem.B,
+                                                   problem.x_in[None], problem.target[None], record=True)
+    for l in range(1, len(SIZES)):
+        assert np.max(np.abs(result.xtrace[l] - trace[l][:, 0])) < 1e-12
+    assert np.max(np.abs(trace[1][-1])) > 1e-4  # the error reached the bottom layer
+
+
+def _jacobian_stable(W, B, alpha):
+    n_above, n_below = W.shape
+    M = np.block([[-np.eye(n_below), B], [W, -alpha * np.eye(n_above)]])
+    # alpha = 0 under a wider layer leaves exact zero eigenvalues (null(B)): round-off must not count them stable
+    return np.max(np.linalg.eigvals(M).real) < -1e-9
+
+
+def test_stability_condition_agrees_with_the_full_jacobian_on_random_draws():
+    rng = np.random.default_rng(0)
+    agree = unstable = 0
+    for _ in range(2000):
+        n_above, n_below = rng.integers(1, 6, size=2)
+        W = rng.normal(0.0, rng.uniform(0.2, 2.0), size=(n_above, n_below))
+        B = rng.normal(0.0, rng.uniform(0.2, 2.0), size=(n_below, n_above))
+        alpha = float(rng.choice([0.0, 0.01, 0.3, 1.0]))
+        continuous, _ = stability(W, B, alpha, eta=1e-3)
+        margin_ok = continuous is None
+        agree += margin_ok == _jacobian_stable(W, B, alpha)
+        unstable += not margin_ok
+    assert agree == 2000
+    assert 200 < unstable < 1800  # both outcomes were exercised
+
+
+def test_the_counterexample_is_unstable_although_WB_minus_alpha_is_hurwitz():
+    W, B = np.array([[0.0, 5.0], [-5.0, 0.0]]), np.eye(2)
+    assert np.max(np.linalg.eigvals(W @ B - 0.1 * np.eye(2)).real) < 0
+    continuous, _ = stability(W, B, 0.1, eta=1e-3)
+    assert continuous is not None and "violates" in continuous
+    assert not _jacobian_stable(W, B, 0.1)
+    assert np.max(np.linalg.eigvals(np.block([[-np.eye(2), B], [W, -0.1 * np.eye(2)]])).real) > 1.0  # +1.06
+
+
+def test_the_euler_limit_of_the_negative_transpose():
+    """B = -W^T with simultaneous Euler converges iff s_max^2 < (1 + alpha) / eta - alpha."""
+    rng = np.random.default_rng(1)
+    Q1, _ = np.linalg.qr(rng.normal(size=(4, 4)))
+    Q2, _ = np.linalg.qr(rng.normal(size=(6, 6)))
+    eta, alpha = 0.5, 0.2
+    bound = (1 + alpha) / eta - alpha
+    for factor, stable in ((0.99, True), (1.01, False)):
+        s = np.sqrt(factor * bound) * np.array([1.0, 0.7, 0.5, 0.3])
+        W = Q1 @ np.hstack([np.diag(s), np.zeros((4, 2))]) @ Q2
+        continuous, discrete = stability(W, -W.T, alpha, eta)
+        assert continuous is None
+        assert (discrete is None) == stable, factor
+
+
+def test_an_unstable_draw_stops_arsim_relax_with_exit_3_and_one_line(tmp_path, capfd):
+    model = tmp_path / "di.toml"
+    model.write_text('sizes = [5, 7, 6, 4, 3]\nrule = "dinv"\ninit_std = 0.5\nfeedback_std = 0.5\nbias = true\n'
+                     '[dinv]\nfeedback = "random"\nalpha = 0.1\n')
+    out = tmp_path / "di.npz"
+    assert main(["relax", str(model), "--save", str(out)]) == 3
+    err = capfd.readouterr().err.strip().splitlines()
+    errors = [line for line in err if line.startswith("arsim: error:")]
+    assert len(errors) == 1 and errors[0] == err[-1], err  # after the progress line, one error line
+    assert errors[0].startswith("arsim: error: dynamic inversion of hidden layer 1 is unstable with the drawn weights")
+    assert "eigenvalue mu = " in errors[0] and "Re mu + (Im mu)^2 / (1 + alpha)^2 < alpha" in errors[0]
+    assert "Traceback" not in "\n".join(err)
+    assert not out.exists()
+
+
+def test_training_stops_at_the_update_that_makes_a_layer_unstable():
+    """W^1 = I/2 and B^1 = -I/2 are stable; one large update W^1 - lr u v^T (v^T u > 0) turns an eigenvalue of W B positive."""
+    from arsim.training import Params
+
+    config = resolve({"sizes": [2, 2, 2], "activation": "linear", "rule": "dinv", "dinv.alpha": 0.1, "duration": 30.0,
+                      "train.batch_size": 1, "initial_state": "zero"})
+    experiment = E(config)
+    W, b = [np.eye(2) * 0.5, np.eye(2) * 0.5], [np.zeros(2), np.zeros(2)]
+    B = [-w.T for w in W]
+    x, targets = np.array([[1.0, 0.3], [1.0, 0.3]]), np.array([[-1.0, 0.0], [-1.0, 0.0]])
+    dW, _, _ = experiment.rule.reference_update(experiment.network, W, b, B, x[:1], targets[:1])
+    # the eigenvalues of W^1 - lr dW^1 are 1/2 and 1/2 - lr tr(dW^1): mu = -(1/2) of them must stay below alpha
+    lr = (0.5 + 2 * 0.1 + 0.5) / np.trace(dW[1])
+    assert lr > 0
+    params = Params(W, b, B)
+    with pytest.raises(UnstableInversion, match=r"hidden layer 1 is unstable after update 1: eigenvalue mu = "):
+        experiment.rule.reference_epoch(experiment.replace(**{"train.lr": float(lr)}), params, x, targets)
+    experiment.rule.reference_epoch(experiment.replace(**{"train.lr": float(lr) / 100}), params, x, targets)  # stable
+    with pytest.raises(UnstableInversion, match="before the epoch"):
+        experiment.rule.reference_epoch(experiment, Params(W, b, [-b_.T for b_ in B]), x, targets)
+
+
+@pytest.mark.parametrize("keys,named", [
+    ({"dinv.alpha": -0.1}, "dinv.alpha = -0.1"),
+    ({"dinv.feedback": "mirror"}, "dinv.feedback = 'mirror'"),
+    ({"ordering": "sequential"}, "ordering = 'sequential' with rule = 'dinv'"),
+])
+def test_bad_dinv_settings_are_refused_in_one_line(keys, named):
+    with pytest.raises(ConfigError) as info:
+        resolve({"sizes": SIZES, "rule": "dinv", **keys})
+    assert named in str(info.value) and "\n" not in str(info.value)
