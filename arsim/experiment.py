@@ -98,11 +98,16 @@ def _locate_divergence(experiment: Experiment, params: Params, x, targets, epoch
             if where:
                 found.append(where)
 
-    with np.errstate(all="ignore"):
-        experiment.rule.reference_epoch(experiment, params, x, targets, noise=noise, after_batch=after_batch)
+    n_batches = len(x) // experiment.training.batch_size
+    try:
+        with np.errstate(all="ignore"):
+            experiment.rule.reference_epoch(experiment, params, x, targets, noise=noise, after_batch=after_batch)
+    except FloatingPointError as err:
+        # a rule that checks its own dynamics (dynamic inversion) stopped the replay first
+        if not found:
+            return f"epoch {epoch}, batches {first_batch + 1}..{first_batch + n_batches}, where the numpy replay stopped: {err}"
     if found:
         return found[0]
-    n_batches = len(x) // experiment.training.batch_size
     return f"epoch {epoch}, batches {first_batch + 1}..{first_batch + n_batches} (the numpy replay stayed finite)"
 
 

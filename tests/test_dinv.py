@@ -172,6 +172,12 @@ def test_training_stops_at_the_update_that_makes_a_layer_unstable():
     experiment.rule.reference_epoch(experiment.replace(**{"train.lr": float(lr) / 100}), params, x, targets)  # stable
     with pytest.raises(UnstableInversion, match="before the epoch"):
         experiment.rule.reference_epoch(experiment, Params(W, b, [-b_.T for b_ in B]), x, targets)
+    # a diverged Brian2 run is replayed in numpy to locate it: the replay names the unstable update
+    from arsim.experiment import _locate_divergence
+
+    where = _locate_divergence(experiment.replace(**{"train.lr": float(lr)}), params, x, targets, epoch=3, first_batch=4)
+    assert where.startswith("epoch 3, batches 5..6, where the numpy replay stopped: dynamic inversion of hidden layer 1")
+    assert "after update 1" in where
 
 
 @pytest.mark.parametrize("keys,named", [

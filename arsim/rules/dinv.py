@@ -122,6 +122,8 @@ controllers start at 0 with `initial_state = "zero"` (the authors' choice), at `
     def check_stability(self, W, B, eta, when):
         """Raise `UnstableInversion` naming the first unstable layer (continuous condition first, then Euler's)."""
         for l in range(1, len(W)):
+            if not (np.all(np.isfinite(W[l])) and np.all(np.isfinite(B[l]))):
+                return  # diverged weights are reported as NaN/Inf where the weights are checked
             for problem in stability(W[l], B[l], self.alpha, eta):
                 if problem:
                     raise UnstableInversion(f"dynamic inversion of hidden layer {l} is unstable {when}: {problem}")
