@@ -83,6 +83,9 @@ def _cmd_relax(args) -> int:
         print("arsim: building the standalone network (cached after the first time)...", file=sys.stderr)
     result = run_relaxation(experiment, device=args.device)
     summary = {"layers": result.layers, "compile_seconds": result.compile_seconds, "run_seconds": result.run_seconds}
+    if experiment.rule.counts_repairs:
+        summary["b_repairs"] = result.repairs
+        print(f"arsim: repaired B of {result.repairs} unstable hidden layer(s) of the drawn weights", file=sys.stderr)
     if args.save is not None:
         save_npz(args.save, result.arrays())
         write_json(str(args.save) + ".json", {**provenance(experiment), **summary})

@@ -111,7 +111,7 @@ def _locate_divergence(experiment: Experiment, params: Params, x, targets, epoch
     return f"epoch {epoch}, batches {first_batch + 1}..{first_batch + n_batches} (the numpy replay stayed finite)"
 
 
-def _metric_row(experiment: Experiment, params, data, epoch, seconds, samples, alignment) -> dict:
+def _metric_row(experiment: Experiment, params, data, epoch, seconds, samples, alignment, repairs: int = 0) -> dict:
     with np.errstate(all="ignore"):
         on_train = evaluate(experiment.network, params, data.x_train, data.y_train, data.n_classes)
         on_test = evaluate(experiment.network, params, data.x_test, data.y_test, data.n_classes)
@@ -133,6 +133,8 @@ def _metric_row(experiment: Experiment, params, data, epoch, seconds, samples, a
         # the angle between the rule's own backward matrix and W^T (NaN where B is W^T or not of W^T's shape)
         own = rule.separate_backward and params.B[l].shape == params.W[l].T.shape
         row[f"b_angle_deg_{l}"] = angle_deg(params.B[l], params.W[l].T) if own else float("nan")
+    if rule.counts_repairs:
+        row["b_repairs"] = repairs
     return row
 
 
@@ -271,7 +273,7 @@ def train(experiment, out_dir, resume: bool = False, device: str = "cpp", progre
             order = epoch_order(experiment, data.n_train, epoch)
             x, targets = data.x_train[order], targets_train[order]
             started = time.perf_counter()
-            alignment = []
+            alignment, repairs = [], 0
             for first in range(0, n_batches, per_run):
                 rows_slice = slice(first * batch, (first + per_run) * batch)
                 before, noise = params, None
@@ -280,6 +282,7 @@ def train(experiment, out_dir, resume: bool = False, device: str = "cpp", progre
                     result = trainer.run_chunk(params, x[rows_slice], targets[rows_slice], first_batch=first, noise=noise)
                     params = result.params
                     alignment.extend(result.alignment)
+                    repairs += result.repairs
                 else:
                     with np.errstate(all="ignore"):
                         params = bp_epoch(experiment, params, x[rows_slice], targets[rows_slice])
@@ -289,7 +292,7 @@ def train(experiment, out_dir, resume: bool = False, device: str = "cpp", progre
                 bar.update(per_run * batch)
             seconds = time.perf_counter() - started
             train_seconds += seconds
-            row = _metric_row(experiment, params, data, epoch, seconds, n_used, alignment)
+            row = _metric_row(experiment, params, data, epoch, seconds, n_used, alignment, repairs)
             rows.append(row)
             if not math.isfinite(row["train_loss"]):
                 raise FloatingPointError(f"NaN/Inf in the output activity at epoch {epoch} (train loss {row['train_loss']})")

@@ -117,6 +117,8 @@ class RelaxResult:
     layers: list = field(default_factory=list)
     compile_seconds: float = 0.0
     run_seconds: float = 0.0
+    #: hidden layers whose drawn ``B`` the rule repaired before the run (dynamic inversion with repair)
+    repairs: int = 0
 
     def arrays(self) -> dict:
         """The arrays of the ``--save`` file (keys documented in the README)."""
@@ -244,7 +246,7 @@ def run_relaxation(experiment, device: str = "cpp", runner: Runner | None = None
     eta = net.eta
     rule = experiment.rule
     # before any compilation: an unstable draw is refused in one line
-    rule.check_stability(problem.W, problem.B, eta, "with the drawn weights")
+    problem.B, repairs = rule.stabilise(problem.W, problem.B, eta, "with the drawn weights")
     topo = runner.topology if runner is not None else topology_for(experiment)
     runner = runner or get_runner(topo, device)
     n_relax = net.n_relax_steps
@@ -285,6 +287,7 @@ def run_relaxation(experiment, device: str = "cpp", runner: Runner | None = None
         B_used=topo.make_rule().backward_from_results(raw, W_now, problem.B),
         compile_seconds=getattr(runner, "compile_seconds", 0.0),
         run_seconds=run_seconds,
+        repairs=repairs,
     )
     layer_table(result)
     return result

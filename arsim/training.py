@@ -124,6 +124,8 @@ class ChunkResult:
     #: ``(batch, layer, angle_deg, rel_error)`` for every sampled batch (1-based within the epoch)
     alignment: list = field(default_factory=list)
     seconds: float = 0.0
+    #: layers whose ``B`` the rule repaired before or after the run (`arsim.rules.base.Rule.stabilise`)
+    repairs: int = 0
 
 
 class BrianTrainer:
@@ -202,16 +204,19 @@ class BrianTrainer:
         if noise is None:
             noise = self.mirror_noise(epoch, first_batch)
         eta = self.experiment.network.eta
-        self.rule.check_stability(params.W, params.B, eta, f"before the run of epoch {epoch} at batch {first_batch + 1}")
+        B, repairs_before = self.rule.stabilise(params.W, params.B, eta, f"before the run of epoch {epoch} at batch {first_batch + 1}")
+        if repairs_before:
+            params = Params(params.W, params.b, B)
         raw = self.runner.run(self.params_for_run(params, x, targets, noise))
         seconds = time.perf_counter() - started
         sizes = topo.sizes
         W = [raw[f"proj{l}.w"].reshape(sizes[l + 1], sizes[l]) for l in range(topo.n_layers)]
         b = [raw[f"layer{l + 1}.b"][:sizes[l + 1]].copy() for l in range(topo.n_layers)]
         new = Params(W, b, self.rule.backward_from_results(raw, W, params.B))
-        self.rule.check_stability(new.W, new.B, eta, f"after the run of epoch {epoch} that ended at batch"
-                                  f" {first_batch + len(x) // self.experiment.training.batch_size}")
-        return ChunkResult(params=new, alignment=self._alignment(raw, x, targets, first_batch), seconds=seconds)
+        new.B, repairs_after = self.rule.stabilise(new.W, new.B, eta, f"after the run of epoch {epoch} that ended at batch"
+                                                   f" {first_batch + len(x) // self.experiment.training.batch_size}")
+        return ChunkResult(params=new, alignment=self._alignment(raw, x, targets, first_batch), seconds=seconds,
+                           repairs=repairs_before + repairs_after)
 
     def _alignment(self, raw: dict, x: np.ndarray, targets: np.ndarray, first_batch: int) -> list:
         """Angle and relative error of the recorded batch updates against BP on the same batch."""

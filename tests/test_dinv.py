@@ -189,3 +189,142 @@ def test_bad_dinv_settings_are_refused_in_one_line(keys, named):
     with pytest.raises(ConfigError) as info:
         resolve({"sizes": SIZES, "rule": "dinv", **keys})
     assert named in str(info.value) and "\n" not in str(info.value)
+
+
+# ---------------------------------------------------------------------- repair of B (smoothed spectral abscissa)
+
+def _lyapunov_energy(M, s):
+    """``int_0^inf |exp((M - s I) t)|_F^2 dt = tr Q`` with ``(M - s I) Q + Q (M - s I)^T = -I``."""
+    from scipy.linalg import solve_continuous_lyapunov
+
+    return np.trace(solve_continuous_lyapunov(M - s * np.eye(len(M)), -np.eye(len(M))))
+
+
+def test_ssa_gradient_equals_finite_differences_of_the_implicit_abscissa():
+    from scipy.optimize import brentq
+
+    from arsim.rules.dinv import jacobian, ssa_gradient
+
+    rng = np.random.default_rng(0)
+    W, B = rng.normal(size=(3, 4)), 0.5 * rng.normal(size=(4, 3))
+    M = jacobian(W, B, 0.1)
+    s0 = np.max(np.linalg.eigvals(M).real) + 0.1
+    level = _lyapunov_energy(M, s0)
+
+    def smoothed_abscissa(A):
+        # f(A, s) falls from +inf (at the abscissa) to 0: the level set is crossed once
+        edge = np.max(np.linalg.eigvals(A).real)
+        return brentq(lambda s: _lyapunov_energy(A, s) - level, edge + 1e-9, edge + 50.0, xtol=1e-14)
+
+    assert abs(smoothed_abscissa(M) - s0) < 1e-10
+    gradient, h = ssa_gradient(M, s0), 1e-6
+    for i, j in [(0, 5), (2, 4), (5, 1), (6, 6), (1, 0)]:
+        step = np.zeros_like(M)
+        step[i, j] = h
+        finite = (smoothed_abscissa(M + step) - smoothed_abscissa(M - step)) / (2 * h)
+        assert abs(finite - gradient[i, j]) < 1e-7 * max(1.0, abs(finite)), (i, j)
+
+
+def _jacobian_eigenvalues(W, B, alpha):
+    n_above, n_below = W.shape
+    return np.linalg.eigvals(np.block([[-np.eye(n_below), B], [W, -alpha * np.eye(n_above)]]))
+
+
+@pytest.mark.parametrize("case", ["counterexample"] + [f"random{seed}" for seed in range(6)])
+def test_repair_makes_the_jacobian_hurwitz_and_the_euler_map_contracting(case):
+    from arsim.rules.dinv import repair_feedback
+
+    eta = 0.1
+    if case == "counterexample":
+        W, B, alpha = np.array([[0.0, 5.0], [-5.0, 0.0]]), np.eye(2), 0.1
+    else:
+        rng = np.random.default_rng(int(case[6:]))
+        W, B, alpha = rng.normal(0, 0.5, size=(20, 30)), rng.normal(0, 0.5, size=(30, 20)), 0.5
+    lam = _jacobian_eigenvalues(W, B, alpha)
+    assert np.max(lam.real) > 0  # unstable before
+    repaired, steps = repair_feedback(W, B, alpha, eta)
+    lam = _jacobian_eigenvalues(W, repaired, alpha)
+    assert steps > 0 and np.max(lam.real) < -0.01
+    assert np.max(np.abs(1 + eta * lam)) < 1.0
+    assert stability(W, repaired, alpha, eta) == (None, None)
+
+
+def test_a_stable_B_is_left_untouched():
+    from arsim.rules.dinv import repair_feedback
+
+    rng = np.random.default_rng(3)
+    W = rng.normal(0, 0.5, size=(4, 6))
+    repaired, steps = repair_feedback(W, -W.T, 0.1, 0.1)
+    assert steps == 0 and np.array_equal(repaired, -W.T)
+    rule = E(_config(10, **{"dinv.repair": True})).rule
+    B = [None, -W.T]
+    out, repairs = rule.stabilise([None, W], B, 0.1, "here")
+    assert repairs == 0 and out[1] is B[1]
+
+
+def test_arsim_relax_repairs_an_unstable_draw_and_relaxes_through_it(tmp_path, capfd, di_runner):
+    """The unstable random draw of the exit-3 test, repaired: the simulation equals the numpy loop through the repaired B."""
+    config = _config(3000, **{"dinv.feedback": "random", "feedback_std": 0.5, "dinv.repair": True, "initial_state": "forward"})
+    experiment = E(config)
+    drawn = draw_problem(experiment)
+    assert any(any(stability(drawn.W[l], drawn.B[l], ALPHA, experiment.network.eta)) for l in range(1, len(SIZES) - 1))
+    result = run_relaxation(config, runner=di_runner(config))
+    assert result.repairs >= 1
+    for l in range(1, len(SIZES) - 1):
+        assert stability(result.problem.W[l], result.problem.B[l], ALPHA, experiment.network.eta) == (None, None)
+        assert np.allclose(result.B_used[l], result.problem.B[l], rtol=0, atol=1e-15)
+    _, _, trace = experiment.rule.reference_errors(experiment.network, result.problem.W, result.problem.b, result.problem.B,
+                                                   result.problem.x_in[None], result.problem.target[None], record=True)
+    for l in range(1, len(SIZES)):
+        assert np.max(np.abs(result.xtrace[l] - trace[l][:, 0])) < 1e-10 * np.max(np.abs(trace[l]))
+    model = tmp_path / "di.toml"
+    model.write_text('sizes = [5, 7, 6, 4, 3]\nrule = "dinv"\ninit_std = 0.5\nfeedback_std = 0.5\nbias = true\n'
+                     '[dinv]\nfeedback = "random"\nalpha = 0.1\nrepair = true\n')
+    capfd.readouterr()
+    assert main(["relax", str(model), "--json"]) == 0
+    captured = capfd.readouterr()
+    assert "arsim: repaired B of " in captured.err and '"b_repairs"' in captured.out
+
+
+DI_TINY = """
+name = "tiny_di"
+sizes = [64, 6, 10]
+activation = "tanh"
+output_activation = "linear"
+bias = true
+init_std = 0.3
+feedback_std = 0.5
+seed = 3
+rule = "dinv"
+tau = 10.0
+dt = 1.0
+duration = 20.0
+[dinv]
+feedback = "random"
+alpha = 0.5
+[train]
+data = "digits"
+epochs = 2
+batch_size = 16
+lr = 0.01
+max_samples = 96
+"""
+
+
+def test_training_with_an_unstable_random_B_exits_3_or_repairs_and_counts(tmp_path, capfd):
+    import json
+
+    from arsim.training import Params
+
+    model = tmp_path / "di.toml"
+    model.write_text(DI_TINY)
+    assert main(["train", str(model), "--out", str(tmp_path / "stops"), "--quiet"]) == 3
+    assert "dynamic inversion of hidden layer 1 is unstable before the run of epoch 1" in capfd.readouterr().err
+    out = tmp_path / "repairs"
+    assert main(["train", str(model), "--out", str(out), "--quiet", "--set", "dinv.repair=true"]) == 0
+    rows = json.loads((out / "metrics.json").read_text())
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    assert rows[1]["b_repairs"] >= 1 and all(r["b_repairs"] >= 0 for r in rows)
+    with np.load(out / "weights.npz") as data:
+        params = Params.from_arrays({k: data[k] for k in data.files}, n_layers=2)
+    assert stability(params.W[1], params.B[1], 0.5, 0.1) == (None, None)

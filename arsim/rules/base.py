@@ -256,6 +256,21 @@ class Rule:
     def check_stability(self, W: list, B: list, eta: float, when: str) -> None:
         """Raise `FloatingPointError` (one line) if the rule's dynamics cannot converge with these weights."""
 
+    @property
+    def counts_repairs(self) -> bool:
+        """Whether `stabilise` may change ``B`` (the metrics then count the repairs per epoch, ``b_repairs``)."""
+        return False
+
+    def stabilise(self, W: list, B: list, eta: float, when: str) -> tuple[list, int]:
+        """Check the rule's dynamics with these weights and, where the rule can, repair ``B``.
+
+        Returns ``(B, repairs)``: the backward matrices to run with (``B``
+        itself if nothing changed) and how many layers were repaired. Raises
+        like `check_stability` where the rule does not repair.
+        """
+        self.check_stability(W, B, eta, when)
+        return B, 0
+
     def layer_gains(self, layer: int, n_layers: int) -> tuple[float, float]:
         """``(err_gain, signal_gain)`` of layer ``layer``: the precision of its error, and its learning signal per ``mu - x``.
 

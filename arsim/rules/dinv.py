@@ -6,7 +6,7 @@ import numpy as np
 
 from .base import Param, Rule, non_negative, register
 
-__all__ = ["DynamicInversion", "UnstableInversion", "stability", "fixed_point"]
+__all__ = ["DynamicInversion", "UnstableInversion", "stability", "fixed_point", "jacobian", "ssa_gradient", "repair_feedback"]
 
 FEEDBACK = ("neg_transpose", "random")
 
@@ -26,6 +26,82 @@ def fixed_point(W: np.ndarray, B: np.ndarray, alpha: float, delta: np.ndarray) -
     """``x* = B (W B - alpha I)^-1 delta``, the equilibrium of one layer's inversion (``delta`` in rows)."""
     n_above = W.shape[0]
     return np.linalg.solve(W @ B - alpha * np.eye(n_above), delta.T).T @ B.T
+
+
+def jacobian(W: np.ndarray, B: np.ndarray, alpha: float) -> np.ndarray:
+    """The Jacobian ``[[-I, B], [W, -alpha I]]`` of one layer's inversion (error units first, ``tau = 1``)."""
+    n_above, n_below = W.shape
+    return np.block([[-np.eye(n_below), B], [W, -alpha * np.eye(n_above)]])
+
+
+def ssa_gradient(M: np.ndarray, s: float) -> np.ndarray:
+    """Gradient of the smoothed spectral abscissa of ``M`` at the level through ``s``.
+
+    The smoothed spectral abscissa (Vanbiervliet et al. 2009; Hennequin et al.
+    2014) is the ``s~(M)`` solving ``f(M, s~) = c`` with
+    ``f(M, s) = int_0^inf |exp((M - s I) t)|_F^2 dt = tr Q`` and ``c`` fixed
+    at ``f(M, s)`` of the given ``s`` (which must lie right of the spectral
+    abscissa). With ``(M - s I) Q + Q (M - s I)^T = -I`` and
+    ``(M - s I)^T P + P (M - s I) = -I``, implicit differentiation gives
+    ``d s~ / dM = P Q / tr(P Q)``.
+    """
+    from scipy.linalg import solve_continuous_lyapunov
+
+    shifted = M - s * np.eye(len(M))
+    identity = np.eye(len(M))
+    Q = solve_continuous_lyapunov(shifted, -identity)
+    P = solve_continuous_lyapunov(shifted.T, -identity)
+    PQ = P @ Q
+    return PQ / np.trace(PQ)
+
+
+def _margins(W, B, alpha, eta):
+    lam = np.linalg.eigvals(jacobian(W, B, alpha))
+    return float(np.max(lam.real)), float(np.max(np.abs(1.0 + eta * lam)))
+
+
+def repair_feedback(W: np.ndarray, B: np.ndarray, alpha: float, eta: float, target: float = -0.01,
+                    smoothing: float = 0.1, max_steps: int = 5000) -> tuple[np.ndarray, int]:
+    """Descend ``B`` down the smoothed spectral abscissa of the layer's Jacobian until it is stable.
+
+    The authors' ``SSA_opt`` (research/gait_pal_di.md C.4): gradient steps on
+    the ``B`` block of ``P Q / tr(P Q)`` (`ssa_gradient`), evaluated
+    ``smoothing`` (in ``1/tau``) right of the current spectral abscissa. It
+    stops once the abscissa is below ``target`` **and** the forward-Euler map
+    of step ``eta`` contracts (the authors stop on the first alone, which
+    leaves random draws Euler-unstable at ``dt/tau = 0.1``). The step length
+    adapts: it grows by 1.2 after a step that lowered the abscissa and halves
+    (the step undone) after one that did not.
+
+    Returns
+    -------
+    B : ndarray
+        The repaired matrix (a new array).
+    steps : int
+        Gradient steps taken (0 if ``B`` was stable already).
+
+    Raises
+    ------
+    UnstableInversion
+        If ``max_steps`` steps did not reach both conditions.
+    """
+    n_below = W.shape[1]
+    B = np.array(B, dtype=float)
+    abscissa, radius = _margins(W, B, alpha, eta)
+    lr, steps = 0.05, 0
+    while not (abscissa < target and radius < 1.0):
+        if steps >= max_steps or lr < 1e-12:
+            raise UnstableInversion(f"the repair of B did not converge in {steps} steps (spectral abscissa {abscissa:.4g},"
+                                    f" Euler radius {radius:.6g} at dt/tau = {eta:g})")
+        gradient = ssa_gradient(jacobian(W, B, alpha), abscissa + smoothing)[:n_below, n_below:]
+        candidate = B - lr * gradient
+        new_abscissa, new_radius = _margins(W, candidate, alpha, eta)
+        steps += 1
+        if new_abscissa < abscissa or (abscissa < target and new_radius < radius):
+            B, abscissa, radius, lr = candidate, new_abscissa, new_radius, lr * 1.2
+        else:
+            lr *= 0.5
+    return B, steps
 
 
 def stability(W: np.ndarray, B: np.ndarray, alpha: float, eta: float) -> tuple[str | None, str | None]:
@@ -83,10 +159,15 @@ numpy reference, the exact condition `Re mu + (Im mu)^2 / (1 + alpha)^2 < alpha`
 `mu` of `W B` and the Euler limit `|1 + (dt/tau) lambda| < 1` of the Jacobian; an unstable layer
 stops the run with one line naming the layer and the eigenvalue (exit status 3). Error units and
 controllers start at 0 with `initial_state = "zero"` (the authors' choice), at `xbar` and 0 with
-`"forward"`. The repair of `B` (smoothed spectral abscissa) is not available yet.
+`"forward"`. With `repair = true` an unstable layer is repaired instead: gradient steps on `B` down
+the smoothed spectral abscissa of the layer's Jacobian (`P Q / tr(P Q)` from two Lyapunov solves,
+0.1/tau right of the abscissa; the authors' `SSA_opt`) until the abscissa is below -0.01 and the
+Euler map contracts; repairs are counted per epoch (`b_repairs`), between Brian2 runs and after
+every update of the numpy reference.
 """
     params = {
         "alpha": Param(float, 0.01, "alpha", "leak of the controllers (damping of the inversion)", non_negative),
+        "repair": Param(bool, False, "--", "repair an unstable layer's B by descending the smoothed spectral abscissa (counted in b_repairs) instead of stopping"),
         "feedback": Param(str, "neg_transpose", "B^l", "neg_transpose: B = -W^T of the initial weights, fixed; random: N(0, feedback_std^2), fixed",
                           _one_of(FEEDBACK)),
     }
@@ -128,6 +209,27 @@ controllers start at 0 with `initial_state = "zero"` (the authors' choice), at `
                 if problem:
                     raise UnstableInversion(f"dynamic inversion of hidden layer {l} is unstable {when}: {problem}")
 
+    @property
+    def counts_repairs(self) -> bool:
+        return bool(self.settings["repair"])
+
+    def stabilise(self, W, B, eta, when):
+        """Check every hidden layer; with ``repair = true`` repair the unstable ones (`repair_feedback`)."""
+        if not self.counts_repairs:
+            self.check_stability(W, B, eta, when)
+            return B, 0
+        out, repairs = list(B), 0
+        for l in range(1, len(W)):
+            if not (np.all(np.isfinite(W[l])) and np.all(np.isfinite(B[l]))):
+                continue  # diverged weights are reported as NaN/Inf where the weights are checked
+            if any(stability(W[l], B[l], self.alpha, eta)):
+                try:
+                    out[l], _ = repair_feedback(W[l], B[l], self.alpha, eta)
+                except UnstableInversion as err:
+                    raise UnstableInversion(f"dynamic inversion of hidden layer {l} is unstable {when}: {err}") from None
+                repairs += 1
+        return out, repairs
+
     # ------------------------------------------------------------------ numpy reference
 
     def reference_errors(self, network, W, b, B, x_in, targets, n_steps: int | None = None, x_start: float | None = None,
@@ -166,10 +268,14 @@ controllers start at 0 with `initial_state = "zero"` (the authors' choice), at `
         return [d.T @ fwd.xbar[l] for l, d in enumerate(delta)], [d.sum(axis=0) for d in delta], fwd.xbar
 
     def reference_epoch(self, experiment, params, x_in, targets, noise=None, after_batch=None):
+        eta = experiment.network.eta
+
         def checked(index, new):
-            self.check_stability(new.W, new.B, experiment.network.eta, f"after update {index + 1}")
+            # the numpy reference repairs after every update; Brian2 training between runs
+            new.B, _ = self.stabilise(new.W, new.B, eta, f"after update {index + 1}")
             if after_batch is not None:
                 after_batch(index, new)
 
-        self.check_stability(params.W, params.B, experiment.network.eta, "before the epoch")
+        params = params.copy()
+        params.B, _ = self.stabilise(params.W, params.B, eta, "before the epoch")
         return super().reference_epoch(experiment, params, x_in, targets, noise=noise, after_batch=checked)
