@@ -163,7 +163,7 @@ def _check_same_model(stored: dict, config, what: str) -> None:
             )
 
 
-def _load_checkpoint(out_dir: Path, config, n_layers: int):
+def _load_checkpoint(out_dir: Path, config, n_layers: int, state_keys=()):
     """``(params, epoch, rows)`` of ``out_dir``'s checkpoint.
 
     None for a run killed before its first checkpoint (the untrained state,
@@ -188,7 +188,7 @@ def _load_checkpoint(out_dir: Path, config, n_layers: int):
     try:
         with np.load(path) as data:
             stored = json.loads(str(data["config"]))
-            params = Params.from_arrays(data, n_layers)
+            params = Params.from_arrays(data, n_layers, state_keys=state_keys)
             epoch = int(data["epoch"])
             rows = json.loads(str(data["metrics"]))
     except (OSError, ValueError, KeyError) as err:
@@ -237,7 +237,8 @@ def train(experiment, out_dir, resume: bool = False, device: str = "cpp", progre
     experiment = Experiment.from_config(experiment)
     data = dataset_for(experiment)
     n_layers = experiment.network.n_layers
-    loaded = _load_checkpoint(out_dir, experiment.config, n_layers) if resume else None
+    state_keys = experiment.rule.state_keys(experiment.network.sizes)
+    loaded = _load_checkpoint(out_dir, experiment.config, n_layers, state_keys) if resume else None
     if loaded is not None:
         params, start_epoch, rows = loaded
     else:

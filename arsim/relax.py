@@ -32,6 +32,8 @@ class Problem:
     B: list
     x_in: np.ndarray
     target: np.ndarray
+    #: the rule's own arrays (`arsim.rules.base.Rule.initial_state`)
+    state: dict = field(default_factory=dict)
 
 
 def draw_problem(experiment: Experiment) -> Problem:
@@ -51,13 +53,15 @@ def draw_problem(experiment: Experiment) -> Problem:
     else:
         b = [np.zeros(sizes[l + 1]) for l in range(n_layers)]
     B = experiment.rule.initial_backward(W, rng, net.feedback_std)
+    # a stream of its own: the input and target do not depend on whether the rule has state
+    state = experiment.rule.initial_state(sizes, np.random.default_rng([experiment.seed, 3]))
     if experiment.probe.input == "normal":
         x_in = rng.normal(0.0, 1.0, size=sizes[0])
     else:
         x_in = rng.uniform(0.0, 1.0, size=sizes[0])
     target = np.zeros(sizes[-1])
     target[rng.integers(sizes[-1])] = 1.0
-    return Problem(W=W, b=b, B=B, x_in=x_in, target=target)
+    return Problem(W=W, b=b, B=B, x_in=x_in, target=target, state=state)
 
 
 def network_params(topo: Topology, network: NetworkSpec, problem: Problem, n_relax: int | None = None,
@@ -96,6 +100,7 @@ def network_params(topo: Topology, network: NetworkSpec, problem: Problem, n_rel
     for layer in range(topo.n_layers):
         params[f"proj{layer}.w"] = problem.W[layer].ravel()
     params.update(rule.backward_arrays(problem.B))
+    params.update(rule.state_arguments(problem.state))
     return params
 
 
@@ -135,7 +140,7 @@ class RelaxResult:
         for l in range(1, n_layers + 1):
             out[f"x{l}"] = self.x[l]
             out[f"xtrace{l}"] = self.xtrace[l]
-        return out
+        return {**out, **self.problem.state}  # the rule's own arrays (error connections Phi{l})
 
 
 def layer_table(result: RelaxResult) -> list:
@@ -266,8 +271,10 @@ def run_relaxation(experiment, device: str = "cpp", runner: Runner | None = None
     values = [raw[f"layer{l}.x"] for l in range(n_layers + 1)]
     hidden, output = net.hidden, net.output
     # the learning signal and the factors of the local update, by the rule (value nodes for PC)
-    x, slope, pre = rule.local_factors(values, problem.W, problem.b, xbar, fp, net)
-    xtrace = rule.signal_traces(states, problem.W, problem.b, xbar, problem.x_in, net) if topo.record_variables else states
+    # error connections: the learning signal is measured against the simulated prediction mu = Phi xbar
+    connected = {"predictions": [raw[f"layer{l}.mu"] for l in range(n_layers + 1)]} if "layer1.mu" in raw else {}
+    x, slope, pre = rule.local_factors(values, problem.W, problem.b, xbar, fp, net, **connected)
+    xtrace = rule.signal_traces(states, problem.W, problem.b, xbar, problem.x_in, net, **connected) if topo.record_variables else states
     dW = [np.outer(x[l + 1] * slope[l + 1], pre[l]) for l in range(n_layers)]
     db = [x[l + 1] * slope[l + 1] for l in range(n_layers)]
     fwd = oracle.forward(problem.W, problem.b, problem.x_in, hidden, output, net.loss)

@@ -33,32 +33,41 @@ __all__ = ["Params", "init_params", "epoch_order", "chunk_batches", "train_topol
 
 @dataclass
 class Params:
-    """Trainable state: forward weights ``W``, biases ``b`` and backward weights ``B``."""
+    """Trainable state: forward weights ``W``, biases ``b``, backward weights ``B`` and the rule's own arrays.
+
+    ``state`` holds what a rule trains beside them (`arsim.rules.base.Rule.initial_state`,
+    e.g. predictive coding's error connections ``Phi{l}``), by npz key.
+    """
 
     W: list
     b: list
     B: list
+    state: dict = field(default_factory=dict)
 
     def copy(self) -> "Params":
-        return Params([w.copy() for w in self.W], [v.copy() for v in self.b], [m.copy() for m in self.B])
+        return Params([w.copy() for w in self.W], [v.copy() for v in self.b], [m.copy() for m in self.B],
+                      {k: v.copy() for k, v in self.state.items()})
 
     def astype(self, dtype) -> "Params":
         """A copy with every array in ``dtype`` (float32 references of ``precision = "float32"``)."""
-        return Params([w.astype(dtype) for w in self.W], [v.astype(dtype) for v in self.b], [m.astype(dtype) for m in self.B])
+        return Params([w.astype(dtype) for w in self.W], [v.astype(dtype) for v in self.b], [m.astype(dtype) for m in self.B],
+                      {k: v.astype(dtype) for k, v in self.state.items()})
 
     def arrays(self) -> dict:
-        """Flat dict ``W{l}``, ``b{l}``, ``B{l}`` for npz files."""
+        """Flat dict ``W{l}``, ``b{l}``, ``B{l}`` and the rule's own keys, for npz files."""
         out = {}
         for l in range(len(self.W)):
             out[f"W{l}"], out[f"b{l}"], out[f"B{l}"] = self.W[l], self.b[l], self.B[l]
-        return out
+        return {**out, **self.state}
 
     @classmethod
-    def from_arrays(cls, data, n_layers: int) -> "Params":
+    def from_arrays(cls, data, n_layers: int, state_keys=()) -> "Params":
+        """Read what `arrays` wrote; ``state_keys`` names the rule's own arrays (`Rule.initial_state`)."""
         return cls(
             [np.array(data[f"W{l}"]) for l in range(n_layers)],
             [np.array(data[f"b{l}"]) for l in range(n_layers)],
             [np.array(data[f"B{l}"]) for l in range(n_layers)],
+            {key: np.array(data[key]) for key in state_keys},
         )
 
 
@@ -69,7 +78,8 @@ def init_params(experiment: Experiment) -> Params:
     sizes = net.sizes
     W = [rng.normal(0.0, net.init_std, size=(sizes[l + 1], sizes[l])) for l in range(len(sizes) - 1)]
     b = [np.zeros(sizes[l + 1]) for l in range(len(sizes) - 1)]
-    return Params(W, b, experiment.rule.initial_backward(W, rng, net.feedback_std))
+    B = experiment.rule.initial_backward(W, rng, net.feedback_std)
+    return Params(W, b, B, experiment.rule.initial_state(sizes, rng))
 
 
 def epoch_order(experiment: Experiment, n_train: int, epoch: int) -> np.ndarray:
@@ -171,7 +181,8 @@ class BrianTrainer:
         topo, net, training = self.topology, self.experiment.network, self.experiment.training
         # sample p * copies + c is copy c of period p: the rows of x, flattened, are the input rows
         b = [np.tile(v, topo.copies) for v in params.b]
-        out = network_params(topo, net, Problem(W=params.W, b=b, B=params.B, x_in=x, target=targets), rule=self.rule)
+        out = network_params(topo, net, Problem(W=params.W, b=b, B=params.B, x_in=x, target=targets, state=params.state),
+                             rule=self.rule)
         for layer in range(topo.n_layers + 1):
             # AR and its peers train from the forward state, as their numpy references do (the rule decides)
             out[f"layer{layer}.x_start"] = np.array([self.rule.x_start(net.initial_state, training=True)])
@@ -206,13 +217,13 @@ class BrianTrainer:
         eta = self.experiment.network.eta
         B, repairs_before = self.rule.stabilise(params.W, params.B, eta, f"before the run of epoch {epoch} at batch {first_batch + 1}")
         if repairs_before:
-            params = Params(params.W, params.b, B)
+            params = dataclasses.replace(params, B=B)
         raw = self.runner.run(self.params_for_run(params, x, targets, noise))
         seconds = time.perf_counter() - started
         sizes = topo.sizes
         W = [raw[f"proj{l}.w"].reshape(sizes[l + 1], sizes[l]) for l in range(topo.n_layers)]
         b = [raw[f"layer{l + 1}.b"][:sizes[l + 1]].copy() for l in range(topo.n_layers)]
-        new = Params(W, b, self.rule.backward_from_results(raw, W, params.B))
+        new = Params(W, b, self.rule.backward_from_results(raw, W, params.B), self.rule.state_from_results(raw, params.state))
         new.B, repairs_after = self.rule.stabilise(new.W, new.B, eta, f"after the run of epoch {epoch} that ended at batch"
                                                    f" {first_batch + len(x) // self.experiment.training.batch_size}")
         return ChunkResult(params=new, alignment=self._alignment(raw, x, targets, first_batch), seconds=seconds,

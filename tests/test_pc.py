@@ -202,6 +202,71 @@ def test_strict_pc_on_the_one_one_one_net(build_dir):
     # BP: dL/dy = 2 (1 - 2) = -2; the strict signal approaches it as sigma_L grows (100 / 104 of it)
 
 
+# ---------------------------------------------------------------------------- error connections (constraint c)
+
+
+@pytest.mark.parametrize("connections", ["random", "learned"])
+def test_error_connections_leave_the_equilibrium_at_bp(connections, pc_runner):
+    """research/pc.md H5: under fixed prediction Phi only moves eps(0); the fixed point is BP whatever Phi is."""
+    config = _config(MAX_RELAX, eta=0.5, **{"pc.error_connections": connections, "pc.error_std": 0.3})
+    result = _relax(config, pc_runner)
+    phi = result.problem.state
+    assert sorted(phi) == ["Phi1", "Phi2", "Phi3"] and all(np.all(p >= 0) for p in phi.values())
+    assert all(np.max(np.abs(p - np.eye(len(p)))) > 0.1 for p in phi.values())  # far from one to one
+    bp = _bp(result.problem, E(config))
+    for l in range(1, len(SIZES)):
+        assert metrics.relative_error(result.x[l], bp.dxbar[l]) < 1e-10, l
+
+
+def test_error_connections_add_the_free_response_of_the_start_offset(pc_runner):
+    """eps_Phi(n) - eps_I(n) is the free response of the hidden error dynamics from (I - Phi) xbar, written here."""
+    steps, eta = 12, 0.1
+    config = _config(steps, eta=eta, **{"pc.error_connections": "random", "pc.error_std": 0.3})
+    with_phi = _relax(config, pc_runner)
+    identity = _relax(_config(steps, eta=eta), pc_runner)
+    problem = with_phi.problem
+    assert all(np.array_equal(u, v) for u, v in zip(problem.W, identity.problem.W))
+    assert np.array_equal(problem.x_in, identity.problem.x_in) and np.array_equal(problem.target, identity.problem.target)
+    xbar, fp = with_phi.xbar, with_phi.fp
+    n_layers = len(SIZES) - 1
+    # the free response: d = eps_Phi - eps_I starts at (I - Phi) xbar in the hidden layers, 0 at the clamped output,
+    # and d^l <- d^l + eta (-d^l + W^l^T (fp^{l+1} d^{l+1})) synchronously
+    d = [None] + [xbar[l] - problem.state[f"Phi{l}"] @ xbar[l] for l in range(1, n_layers)] + [np.zeros(SIZES[-1])]
+    for _ in range(steps):
+        drive = [None] + [problem.W[l].T @ (fp[l + 1] * d[l + 1]) for l in range(1, n_layers)]
+        for l in range(1, n_layers):
+            d[l] = d[l] + eta * (drive[l] - d[l])
+    for l in range(1, n_layers):
+        # the learning signal is -eps (variance ratio 1)
+        difference = identity.x[l] - with_phi.x[l]
+        assert np.max(np.abs(difference - d[l])) < 1e-12 * max(1.0, np.max(np.abs(d[l]))), l
+        assert np.max(np.abs(d[l])) > 1e-3, l  # the offset has not died out: the test can fail
+
+
+@pytest.mark.parametrize("device", ["cpp", "runtime"])
+def test_training_with_learned_error_connections_equals_the_reference(device, build_dir):
+    config = resolve({"sizes": [5, 4, 3, 2], "activation": "tanh", "output_activation": "tanh", "bias": True, "init_std": 0.6,
+                      "duration": 3.0, "train.batch_size": 4, "train.lr": 0.05, "rule": "pc",
+                      "pc.error_connections": "learned", "pc.error_std": 0.3})
+    experiment = E(config)
+    x, targets = training_data(config, 12)
+    start = init_params(experiment)
+    assert sorted(start.state) == ["Phi1", "Phi2"]
+    result = BrianTrainer(experiment, 12, device=device).run_chunk(start, x, targets, epoch=1)
+    reference = experiment.rule.reference_epoch(experiment, start, x, targets)
+    for name in ("W", "b"):
+        assert max(float(np.max(np.abs(u - v))) for u, v in zip(getattr(result.params, name), getattr(reference, name))) < 1e-10
+    for key in ("Phi1", "Phi2"):
+        assert np.max(np.abs(result.params.state[key] - reference.state[key])) < 1e-10, key
+        assert np.max(np.abs(result.params.state[key] - start.state[key])) > 1e-3, key  # Phi learned
+    # one batch's step by hand: Phi <- Phi - lr sum eps xbar^T, eps = x - Phi xbar after the relaxation
+    values, _, _, _, fwd, _ = experiment.rule.reference_values(experiment.network, start.W, start.b, start.B, x[:4], targets[:4],
+                                                               phi=[None, start.state["Phi1"], start.state["Phi2"], None])
+    one = experiment.rule.reference_epoch(experiment, start, x[:4], targets[:4])
+    eps = values[1] - fwd.xbar[1] @ start.state["Phi1"].T
+    assert np.max(np.abs(one.state["Phi1"] - (start.state["Phi1"] - 0.05 * eps.T @ fwd.xbar[1]))) < 1e-14
+
+
 # ---------------------------------------------------------------------------- training
 
 
@@ -237,6 +302,9 @@ def test_training_with_learned_backward_weights_equals_the_reference_and_keeps_B
         ({"initial_state": "zero"}, "initial_state = 'zero' with rule = 'pc'"),
         ({"pc.prediction": "strict", "loss": "ce"}, "loss = 'ce' with rule = 'pc'"),
         ({"projection": "synapses"}, "projection = 'synapses'"),
+        ({"pc.error_connections": "dense"}, "pc.error_connections = 'dense'"),
+        ({"pc.error_std": -1.0}, "pc.error_std = -1.0"),
+        ({"pc.error_connections": "learned", "pc.prediction": "strict"}, "pc.prediction = 'strict' with rule = 'pc'"),
     ],
 )
 def test_bad_pc_settings_are_refused_in_one_line(keys, named):

@@ -63,7 +63,8 @@ import numpy as np
 from ..rules.base import PLASTICITY_SCALARS
 
 
-__all__ = ["TICK_EQUATION", "add_dense_projection", "add_dense_plasticity", "add_controller_drive", "blas_compiler_kwds"]
+__all__ = ["TICK_EQUATION", "add_dense_projection", "add_dense_plasticity", "add_controller_drive", "add_error_connections",
+           "blas_compiler_kwds"]
 
 #: shared variable of a dense projection on which the mat-vec functions are called
 TICK_EQUATION = "proj_tick : 1 (shared)"
@@ -117,8 +118,9 @@ def _names(device, syn, pre, post) -> dict:
         if var in syn.variables:
             names[var] = f"brian::{device.get_array_name(syn.variables[var], access_data=False)}.data()"
     for prefix, group in (("pre", pre), ("post", post)):
-        for var in ("x", "xbar", "fp", "fb", "a", "anow", "b", "db_acc"):
-            names[f"{var}_{prefix}"] = f"brian::{device.get_array_name(group.variables[var])}"
+        for var in ("x", "xbar", "fp", "fb", "a", "anow", "b", "db_acc", "mu"):
+            if var in group.variables:
+                names[f"{var}_{prefix}"] = f"brian::{device.get_array_name(group.variables[var])}"
     return names
 
 
@@ -347,8 +349,8 @@ def _derivative_code(rule, names: dict, index: str, derivative: bool | None = No
     if rule.error_units is None:
         carried = f"x[{index}]"
     else:
-        if rule.error_units == "fixed":
-            decl.append(f"const {real}* __restrict mu = {names['xbar_post']};")
+        if rule.error_units in ("fixed", "connected"):
+            decl.append(f"const {real}* __restrict mu = {names['xbar_post' if rule.error_units == 'fixed' else 'mu_post']};")
             prediction = f"mu[{index}]"
         else:
             prediction = f"arsim_activation(anow[{index}] + bias[{index}], kind, slope)"
@@ -370,8 +372,8 @@ def _numpy_carried(rule, post, functions, kind, slope, gain, derivative: bool | 
     if rule.error_units is None:
         carried = x
     else:
-        if rule.error_units == "fixed":
-            prediction = post.variables["xbar"].get_value()
+        if rule.error_units in ("fixed", "connected"):
+            prediction = post.variables["xbar" if rule.error_units == "fixed" else "mu"].get_value()
         else:
             prediction = functions["act_f"].pyfunc(current, kind, slope)
         carried = ((prediction - x) if update else (x - prediction)) * gain
@@ -747,3 +749,86 @@ def add_controller_drive(syn, forward, pre, controllers, above, order: int, copi
     name = f"{syn.name}_controller_drive"
     syn.namespace[name] = function
     syn.run_regularly(f"proj_tick = {name}(proj_tick)", when="groups", order=order, name=name)
+
+
+_ERROR_LEARN_CPP = """
+static double {func}(const double tick, const int t_step, const int steps_per_sample, const int batch_size, const double lr,
+                     const double gain)
+{{
+    const int period = t_step / steps_per_sample;
+    const bool apply = t_step > 0 && period % (batch_size / {copies}) == 0;
+    // acc[j, i] += sum_c eps[c, j] xbar[c, i] with eps = (x - mu) gain; at a batch boundary
+    // Phi <- Phi - lr acc (the authors' sign, research/pc.md (c)) and acc <- 0
+    static std::vector<{real}> acc({n} * {n}, 0.0);
+    static std::vector<{real}> eps({copies} * {n});
+    const {real}* __restrict x = {x};
+    const {real}* __restrict mu = {mu};
+    const {real}* __restrict xbar = {xbar};
+    {real}* __restrict phi = {w};
+    for (int k = 0; k < {copies} * {n}; k++)
+        eps[k] = (x[k] - mu[k]) * gain;
+    for (int c = 0; c < {copies}; c++)
+        for (int j = 0; j < {n}; j++)
+        {{
+            const {real} e = eps[c * {n} + j];
+            {real}* __restrict row = acc.data() + (size_t)j * {n};
+            const {real}* __restrict v = xbar + (size_t)c * {n};
+            for (int i = 0; i < {n}; i++)
+                row[i] += e * v[i];
+        }}
+    if (apply)
+    {{
+        for (int k = 0; k < {n} * {n}; k++)
+        {{
+            phi[k] -= lr * acc[k];
+            acc[k] = 0.0;
+        }}
+    }}
+    return tick;
+}}
+"""
+
+
+def add_error_connections(syn, group, sample_dt, order: int, copies: int = 1, learn_order: int | None = None) -> None:
+    """Error connections of one hidden layer (predictive coding, ``error_connections`` not identity).
+
+    ``syn`` connects ``group`` onto itself (`arsim.brian.network.projection_indices`,
+    ``w = Phi.ravel()``) and holds ``TICK_EQUATION``. Once per sample, at
+    ``order`` of slot ``start`` (after the layer stored its forward state),
+    ``mu = Phi xbar`` for every copy. With ``learn_order`` (learned error
+    connections) a second function at that order of every sample's step 0
+    accumulates ``sum eps xbar^T`` of the sample that just relaxed
+    (``eps = (x - mu) err_gain``, read before the new forward sweep) and applies
+    ``Phi <- Phi - lr acc`` at batch boundaries.
+    """
+    from brian2 import get_device
+
+    name = f"{syn.name}_mu"
+    syn.namespace[name] = _drive_function(syn, group, group, "xbar", "mu", copies)
+    syn.run_regularly(f"proj_tick = {name}(proj_tick)", dt=sample_dt, when="start", order=order, name=name)
+    if learn_order is None:
+        return
+    n = len(group) // copies
+    func = f"arsim_{syn.name}_learn"
+    accumulated = np.zeros((n, n))
+
+    def numpy_learn(tick, t_step, steps_per_sample, batch_size, lr, gain):
+        t_step, steps_per_sample, batch_size = int(t_step), int(steps_per_sample), int(batch_size)
+        x, mu, xbar = (group.variables[v].get_value().reshape(copies, n) for v in ("x", "mu", "xbar"))
+        accumulated[:] += ((x - mu) * gain).T @ xbar
+        if t_step > 0 and (t_step // steps_per_sample) % (batch_size // copies) == 0:
+            w = syn.variables["w"].get_value()
+            w[:] = w - lr * accumulated.ravel()
+            accumulated[:] = 0.0
+        return tick
+
+    function = _function(numpy_learn, ["float", "integer", "integer", "integer", "float", "float"])
+    if _standalone():
+        names = _names(get_device(), syn, group, group)
+        code = _ERROR_LEARN_CPP.format(real=_real(), func=func, n=n, copies=copies, x=names["x_post"], mu=names["mu_post"],
+                                       xbar=names["xbar_post"], w=names["w"])
+        _add_cpp(function, code, func)
+    learn = f"{syn.name}_learn"
+    syn.namespace[learn] = function
+    syn.run_regularly(f"proj_tick = {learn}(proj_tick, t_in_timesteps, steps_per_sample_post, batch_size_post, lr_post,"
+                      " err_gain_post)", dt=sample_dt, when="start", order=learn_order, name=learn)

@@ -137,8 +137,9 @@ def _result_variables(built):
     """Map result keys to Brian2 variables written by the binary."""
     out = {}
     for group in built.layers:
-        for var in ("x", "xbar", "fp", "fb", "b"):
-            out[f"{group.name}.{var}"] = group.variables[var]
+        for var in ("x", "xbar", "fp", "fb", "b", "mu"):
+            if var in group.variables:
+                out[f"{group.name}.{var}"] = group.variables[var]
     for group in built.controllers:
         out[f"{group.name}.x"] = group.variables["x"]
     for syn in built.projections:
@@ -168,6 +169,9 @@ def parameter_sizes(topo: Topology) -> dict:
         for index in range(2, n_layers + 1):
             for var in RUNTIME_NEURON_PARAMETERS:
                 sizes[f"ctrl{index}.{var}"] = topo.copies * topo.sizes[index] if var == "b" else 1
+    if rule.error_units == "connected":
+        for index in range(1, n_layers):
+            sizes[f"err{index}.w"] = topo.sizes[index] ** 2
     for index in range(n_layers):
         sizes[f"proj{index}.w"] = topo.sizes[index] * topo.sizes[index + 1]
         if topo.train and topo.projection == "dense":

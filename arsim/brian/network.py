@@ -51,7 +51,7 @@ import numpy as np
 from brian2 import Clock, NeuronGroup, Network, StateMonitor, Synapses, TimedArray, prefs, second
 
 from ..activations import ACTIVATION_CODES, brian_functions
-from .cpp_projection import TICK_EQUATION, add_controller_drive, add_dense_plasticity, add_dense_projection
+from .cpp_projection import TICK_EQUATION, add_controller_drive, add_dense_plasticity, add_dense_projection, add_error_connections
 from .neuron import neuron_equations, store_code
 from ..rules import PLASTICITY_SCALARS, Rule, make_rule
 
@@ -218,7 +218,7 @@ def build_network(topo: Topology) -> BuiltNetwork:
         if topo.train and index >= 1 and topo.projection != "dense":
             _add_bias_plasticity(group, sample_dt, rule)
         role = "input" if index == 0 else ("output" if index == n_layers else "hidden")
-        code = store_code(role, loss=topo.loss, value_nodes=rule.error_units is not None)
+        code = store_code(role, loss=topo.loss, value_nodes=rule.error_units is not None, connected=rule.error_units == "connected")
         group.run_regularly(code, dt=sample_dt, when="start", order=3 * index, name=f"layer{index}_store")
         if role != "hidden":
             # the input and the clamped output never integrate (relaxing = 0):
@@ -311,6 +311,17 @@ def build_network(topo: Topology) -> BuiltNetwork:
         if rule.controllers:
             add_controller_drive(syn, projections[index], pre, post, layers[source], order=post.order - 1, copies=copies)
         projections.append(syn)
+
+    # predictive coding's error connections: mu = Phi^l xbar^l, one projection of each hidden layer onto itself
+    if rule.error_units == "connected":
+        for index in range(1, n_layers):
+            group = layers[index]
+            syn = Synapses(group, group, model="w : 1\n" + TICK_EQUATION, clock=clock, namespace=dict(namespace), name=f"err{index}")
+            i, j = projection_indices(topo.sizes[index], topo.sizes[index])
+            syn.connect(i=i, j=j)
+            add_error_connections(syn, group, sample_dt, order=3 * index + 1, copies=copies,
+                                  learn_order=ORDER_ACCUMULATE if topo.train and rule.learns_error_connections else None)
+            projections.append(syn)
 
     if topo.loss == "ce":
         out = layers[-1]

@@ -20,6 +20,7 @@ Parameter           Unit    Math            Default      Description
 ``x_start``         1       --              1            x(0) = x_start * xbar (1: AR, 0: cold start)
 ``leak``            1       alpha           1            leak of the relaxation (shared; DI controllers: alpha)
 ``err``             1       eps^l_i         --           prediction error (x - mu) pi (error units, rule = "pc" only)
+``mu``              1       Phi^l xbar^l    --           prediction through error connections (``error_connections`` not identity)
 ``err_gain``        1       pi_l = 1/sigma_l 1           precision of the layer's error (shared, error units)
 ``signal_gain``     1       sigma_L pi_l    1            learning signal -sigma_L eps per unit of (mu - x) (shared)
 ``db_acc``          1       sum x fp        0            bias update accumulated over the batch
@@ -92,7 +93,8 @@ leak : 1 (shared, constant)
 """
 
 #: the prediction ``mu`` of a unit with error units: frozen at the forward sweep, or recomputed every step
-PREDICTIONS = {"fixed": "xbar", "strict": "act_f(anow + b, act_kind, act_slope)"}
+#: (``connected``: fixed prediction through error connections, ``mu = Phi xbar`` summed once per sample by ``err{l}``)
+PREDICTIONS = {"fixed": "xbar", "strict": "act_f(anow + b, act_kind, act_slope)", "connected": "mu"}
 
 
 def neuron_equations(error_units: str | None = None) -> Equations:
@@ -100,7 +102,7 @@ def neuron_equations(error_units: str | None = None) -> Equations:
 
     Parameters
     ----------
-    error_units : {None, "fixed", "strict"}
+    error_units : {None, "fixed", "strict", "connected"}
         None: the relaxing state is the learning signal itself (AR and the
         feedback-alignment family); otherwise ``x`` is a value node and
         relaxes down the prediction error ``err = (x - mu) err_gain``, with
@@ -109,10 +111,12 @@ def neuron_equations(error_units: str | None = None) -> Equations:
     if error_units is None:
         return Equations(NEURON_EQUATIONS.format(state="x"))
     error = f"err = (x - {PREDICTIONS[error_units]}) * err_gain : 1\n"
+    if error_units == "connected":
+        error += "mu : 1\n"
     return Equations(NEURON_EQUATIONS.format(state="err") + error)
 
 
-def store_code(role: str, loss: str = "mse", value_nodes: bool = False) -> str:
+def store_code(role: str, loss: str = "mse", value_nodes: bool = False, connected: bool = False) -> str:
     """Code run once per sample, at the forward sweep, to store the forward state.
 
     Parameters
@@ -125,7 +129,16 @@ def store_code(role: str, loss: str = "mse", value_nodes: bool = False) -> str:
         The output is a value node clamped to ``xbar - e`` (predictive
         coding: its prediction error starts at ``-e``, SPEC 3.7) instead of
         to ``e``.
+    connected : bool
+        The layer has a prediction variable ``mu`` (error connections): the
+        input and the output predict themselves (``Phi^L = I``), hidden
+        layers get ``mu = Phi xbar`` from their ``err{l}`` projection.
     """
+    code = _store_code(role, loss, value_nodes)
+    return code + "\nmu = xbar" if connected and role in ("input", "output") else code
+
+
+def _store_code(role: str, loss: str, value_nodes: bool) -> str:
     if value_nodes and role == "output":
         error = "2.0*(xbar - target_values(t, i))" if loss == "mse" else "(xbar - target_values(t, i))"
         forward = "xbar = act_f(u, act_kind, act_slope)\nfp = act_fp(u, act_kind, act_slope)" if loss == "mse" else "xbar = 1.0/zsum\nfp = 1.0"

@@ -145,6 +145,8 @@ class Rule:
     error_units: ClassVar[str | None] = None
     #: a controller population per hidden layer (``ctrl{l+1}``, dynamic inversion) drives its feedback
     controllers: ClassVar[bool] = False
+    #: the rule's own trainable state (`initial_state`) learns during training
+    learns_error_connections: ClassVar[bool] = False
 
     def __init__(self, settings: dict | None = None, derivative: bool = True, ordering: str = "synchronous",
                  forward: str = "frozen", feedback: str = "transpose"):
@@ -240,6 +242,26 @@ class Rule:
         n_layers = len(W)
         sizes = [W[0].shape[1]] + [w.shape[0] for w in W]
         return [rng.normal(0.0, std, size=(sizes[l], sizes[self.feedback_source(l, n_layers)])) for l in range(n_layers)]
+
+    def initial_state(self, sizes, rng: np.random.Generator) -> dict:
+        """The rule's own arrays beside ``W``, ``b``, ``B`` (npz keys, e.g. PC's ``Phi{l}``), drawn after ``B``."""
+        return {}
+
+    def state_keys(self, sizes) -> list:
+        """The keys of `initial_state` (npz keys of checkpoints and weight files)."""
+        return []
+
+    def state_arguments(self, state: dict) -> dict:
+        """Run-time arrays of the rule's own state (``{"err1.w": ...}``)."""
+        return {}
+
+    def state_from_results(self, raw: dict, state: dict) -> dict:
+        """The rule's own state after a Brian2 run (unchanged by default)."""
+        return {key: value.copy() for key, value in state.items()}
+
+    def reference_state_update(self, network, W, b, B, state: dict, x_in, targets, lr: float) -> dict:
+        """The rule's own state after one minibatch of the numpy reference (computed with the old weights)."""
+        return state
 
     def forward_decay(self) -> float:
         """Decay ``lambda`` of the forward weights per update (``w <- w - lr (dw + lambda w)``)."""
@@ -444,7 +466,11 @@ class Rule:
         new = params.copy()
         for index, start in enumerate(range(0, len(x_in) - batch + 1, batch)):
             stop = start + batch
-            dW, db, xbar = self.reference_update(network, new.W, new.b, new.B, x_in[start:stop], targets[start:stop])
+            own = {"state": new.state} if new.state else {}
+            dW, db, xbar = self.reference_update(network, new.W, new.b, new.B, x_in[start:stop], targets[start:stop], **own)
+            if new.state:
+                next_state = self.reference_state_update(network, new.W, new.b, new.B, new.state, x_in[start:stop],
+                                                         targets[start:stop], lr)
             for l in range(len(new.W)):
                 s = scalars[l]
                 W_old = new.W[l]
@@ -470,6 +496,8 @@ class Rule:
                         grad = primitives.backward_gradient(B, new.W[l], x_noise, None, decay=s["m_decay"], amp=s["m_amp"])
                         B = B - s["m_eta"] * grad
                 new.B[l] = B
+            if new.state:
+                new.state = next_state
             if after_batch is not None:
                 after_batch(index, new)
         return new

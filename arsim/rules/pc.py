@@ -6,10 +6,11 @@ import numpy as np
 
 from .base import Param, Rule, positive, register
 
-__all__ = ["PredictiveCoding", "PREDICTIONS", "BACKWARD"]
+__all__ = ["PredictiveCoding", "PREDICTIONS", "BACKWARD", "ERROR_CONNECTIONS"]
 
 PREDICTIONS = ("fixed", "strict")
 BACKWARD = ("transpose", "learned", "random")
+ERROR_CONNECTIONS = ("identity", "learned", "random")
 
 
 def _one_of(choices):
@@ -50,8 +51,12 @@ current state every step, `pre = x` (relaxed); not BP on a nonlinear net, it app
 `variance_ratio = sigma_hidden / sigma_L` shrinks. The relaxed constraints of Millidge et al. 2020
 (arXiv 2010.01047): `backward = "learned"` (`dB = dW^T`, no decay, so `B - W^T` stays constant),
 `"random"` (fixed), and `derivative = false` (`B^l eps^{l+1}` in the inference; the update keeps
-`f'`). Value nodes start at the forward activity (`initial_state = "forward"`); learned and
-random error connections are not available yet.
+`f'`), and `error_connections = "learned"` or `"random"` (fixed prediction only): hidden errors
+`eps^l = x^l - Phi^l xbar^l` through a dense matrix (a projection `err{l}` of the layer onto
+itself sums `mu = Phi xbar` once per sample), `Phi = |N(0, error_std^2)|` as in the authors' code,
+learned with their sign `dPhi^l = -lr sum eps^l xbar^l^T` (an ascent on `|eps|^2 / 2`,
+research/pc.md (c)) at batch boundaries; `Phi` only moves `eps(0)`, so the equilibrium is still BP.
+Value nodes start at the forward activity (`initial_state = "forward"`).
 """
     params = {
         "prediction": Param(str, "fixed", "--", "fixed: mu and f' frozen at the forward sweep (FPA); strict: recomputed from the current x",
@@ -60,6 +65,9 @@ random error connections are not available yet.
                           _one_of(BACKWARD), build=True),
         "derivative": Param(bool, True, "f'", "multiply the errors carried down by f' of the layer above (the update always does)",
                             build=True),
+        "error_connections": Param(str, "identity", "Phi^l", "hidden errors x - Phi xbar: identity (one to one), learned (dPhi = -lr eps xbar^T), random (fixed)",
+                                   _one_of(ERROR_CONNECTIONS), build=True),
+        "error_std": Param(float, 0.05, "--", "Phi = |N(0, error_std^2)| of learned and random error connections", positive),
         "variance_ratio": Param(float, 1.0, "sigma_h / sigma_L", "hidden over output variance of the energy (pi_L = this, pi_hidden = 1)",
                                 positive),
     }
@@ -74,6 +82,10 @@ random error connections are not available yet.
         self.tied = self.feedback == "learned"
         # strict PC recomputes mu and f' from the current state: the relaxed-forward code paths
         self.frozen_forward = self.error_units == "fixed"
+        self.connections = settings["error_connections"]
+        if self.connections != "identity" and self.error_units == "fixed":
+            self.error_units = "connected"
+        self.learns_error_connections = self.connections == "learned"
 
     @classmethod
     def required_keys(cls, settings):
@@ -82,6 +94,8 @@ random error connections are not available yet.
             "initial_state": ("forward", "value nodes start at the forward activity (fixed prediction's first condition)"),
             "ordering": ("synchronous", "PC's inference is integrated synchronously (Jacobi, continuous time)"),
         }
+        if settings.get("error_connections", "identity") != "identity":
+            required["pc.prediction"] = ("fixed", "error connections Phi act on the fixed prediction mu = Phi xbar")
         if settings.get("prediction") == "strict":
             required["loss"] = ("mse", "strict PC predicts the output through f, and the softmax's Jacobian is not diagonal")
         return required
@@ -97,6 +111,42 @@ random error connections are not available yet.
                 row.update(eta_b=lr, c_tied=1.0)
         return rows
 
+    # ------------------------------------------------------------------ error connections (the rule's own state)
+
+    def _phi_layers(self, sizes) -> range:
+        return range(1, len(sizes) - 1) if self.error_units == "connected" else range(0)
+
+    def state_keys(self, sizes):
+        return [f"Phi{l}" for l in self._phi_layers(sizes)]
+
+    def initial_state(self, sizes, rng):
+        std = float(self.settings["error_std"])
+        return {f"Phi{l}": np.abs(rng.normal(0.0, std, size=(sizes[l], sizes[l]))) for l in self._phi_layers(sizes)}
+
+    def state_arguments(self, state):
+        return {f"err{key[3:]}.w": value.ravel() for key, value in state.items()}
+
+    def state_from_results(self, raw, state):
+        if not self.learns_error_connections:
+            return super().state_from_results(raw, state)
+        return {key: raw[f"err{key[3:]}.w"].reshape(value.shape).copy() for key, value in state.items()}
+
+    def phi_list(self, state, n_layers):
+        """``Phi^l`` of layers ``0..L`` (None where the layer predicts itself)."""
+        return [state.get(f"Phi{l}") for l in range(n_layers + 1)]
+
+    def reference_state_update(self, network, W, b, B, state, x_in, targets, lr):
+        if not self.learns_error_connections:
+            return state
+        n_layers = len(W)
+        values, _, _, _, fwd, _ = self.reference_values(network, W, b, B, x_in, targets, phi=self.phi_list(state, n_layers))
+        out = {}
+        for key, phi in state.items():
+            l = int(key[3:])
+            eps = values[l] - fwd.xbar[l] @ phi.T
+            out[key] = phi - lr * (eps.T @ fwd.xbar[l])
+        return out
+
     def layer_gains(self, layer, n_layers):
         if layer == n_layers:
             return self.ratio, 1.0
@@ -104,9 +154,16 @@ random error connections are not available yet.
 
     # ------------------------------------------------------------------ from the simulated value nodes
 
-    def _predictions(self, values: list, W: list, b: list, xbar: list, network) -> tuple[list, list]:
-        """``mu^l`` and ``f'^l`` of layers ``1..L`` (index 0 unused) for value nodes ``values``."""
+    def _predictions(self, values: list, W: list, b: list, xbar: list, network, predictions=None) -> tuple[list, list]:
+        """``mu^l`` and ``f'^l`` of layers ``1..L`` (index 0 unused) for value nodes ``values``.
+
+        ``predictions``: the simulated ``mu`` of every layer (error connections).
+        """
         n_layers = len(W)
+        if self.error_units == "connected":
+            if predictions is None:
+                raise ValueError("error connections: the simulated predictions mu are needed")
+            return predictions, None
         if self.error_units == "fixed":
             return xbar, None
         mu, slope = [None], [None]
@@ -117,26 +174,28 @@ random error connections are not available yet.
             slope.append(act.fprime(u))
         return mu, slope
 
-    def local_factors(self, x, W, b, xbar, fp, network):
+    def local_factors(self, x, W, b, xbar, fp, network, predictions=None):
         n_layers = len(W)
         values = [xbar[0]] + list(x[1:])
-        mu, slope = self._predictions(values, W, b, xbar, network)
+        mu, slope = self._predictions(values, W, b, xbar, network, predictions)
         signal = [None] + [(mu[l] - values[l]) * self.layer_gains(l, n_layers)[1] for l in range(1, n_layers + 1)]
-        if self.error_units == "fixed":
+        if self.frozen_forward:
             return signal, fp, xbar
         return signal, slope, values
 
-    def signal_traces(self, xtrace, W, b, xbar, x_in, network):
+    def signal_traces(self, xtrace, W, b, xbar, x_in, network, predictions=None):
         n_layers = len(W)
         records = len(xtrace[1])
         values = [np.broadcast_to(x_in, (records, len(x_in)))] + list(xtrace[1:])
-        mu, _ = self._predictions(values, W, b, xbar, network)
+        mu, _ = self._predictions(values, W, b, xbar, network, predictions)
         return [None] + [(mu[l] - values[l]) * self.layer_gains(l, n_layers)[1] for l in range(1, n_layers + 1)]
 
     # ------------------------------------------------------------------ numpy reference
 
-    def reference_values(self, network, W, b, B, x_in, targets, n_steps: int | None = None, record: bool = False):
+    def reference_values(self, network, W, b, B, x_in, targets, n_steps: int | None = None, record: bool = False, phi=None):
         """Relax the value nodes of a batch (rows are samples): an Euler loop written from SPEC 3.7.
+
+        ``phi``: the error connections ``Phi^l`` of layers ``0..L`` (None entries: one to one).
 
         Returns
         -------
@@ -163,7 +222,9 @@ random error connections are not available yet.
         values[n_layers] = fwd.xbar[n_layers] - e
 
         def predict(layer):
-            if self.error_units == "fixed":
+            if phi is not None and phi[layer] is not None:
+                return fwd.xbar[layer] @ phi[layer].T, fwd.fp[layer]
+            if self.frozen_forward:
                 return fwd.xbar[layer], fwd.fp[layer]
             act = output if layer == n_layers else hidden
             u = values[layer - 1] @ W[layer - 1].T + b[layer - 1]
@@ -187,10 +248,11 @@ random error connections are not available yet.
             for l in range(1, n_layers):
                 values[l] = values[l] + network.eta * (drive[l] - eps[l])
         signal = [None] + [-eps[l] / self.ratio for l in range(1, n_layers + 1)]
-        pre = fwd.xbar if self.error_units == "fixed" else values
+        pre = fwd.xbar if self.frozen_forward else values
         return values, signal, slope, pre, fwd, [None] + [np.array(t) for t in trace[1:]] if record else None
 
-    def reference_update(self, network, W, b, B, x_in, targets):
-        _, signal, slope, pre, fwd, _ = self.reference_values(network, W, b, B, x_in, targets)
+    def reference_update(self, network, W, b, B, x_in, targets, state=None):
+        phi = self.phi_list(state, len(W)) if state else None
+        _, signal, slope, pre, fwd, _ = self.reference_values(network, W, b, B, x_in, targets, phi=phi)
         delta = [signal[l + 1] * slope[l + 1] for l in range(len(W))]
         return [d.T @ pre[l] for l, d in enumerate(delta)], [d.sum(axis=0) for d in delta], fwd.xbar
