@@ -248,7 +248,9 @@ def train(experiment, out_dir, resume: bool = False, device: str = "cpp", progre
                                                                         "n_train": data.n_train, "n_test": data.n_test}})
     batch = experiment.training.batch_size
     n_batches = data.n_train // batch
-    per_run = chunk_batches(n_batches, batch, max_run_samples)
+    # a rule that repairs its dynamics does so between runs: one batch per run repairs after every update,
+    # as its numpy reference does (an update inside a longer run could make the relaxation diverge unseen)
+    per_run = 1 if experiment.rule.counts_repairs else chunk_batches(n_batches, batch, max_run_samples)
     n_used = n_batches * batch
     targets_train = data.targets(data.y_train)
 

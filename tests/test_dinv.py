@@ -225,6 +225,46 @@ def test_ssa_gradient_equals_finite_differences_of_the_implicit_abscissa():
         assert abs(finite - gradient[i, j]) < 1e-7 * max(1.0, abs(finite)), (i, j)
 
 
+def test_ssr_gradient_equals_finite_differences_of_the_implicit_radius():
+    from scipy.linalg import solve_discrete_lyapunov
+    from scipy.optimize import brentq
+
+    from arsim.rules.dinv import ssr_gradient
+
+    rng = np.random.default_rng(1)
+    G = 0.4 * rng.normal(size=(5, 5))
+    r0 = np.max(np.abs(np.linalg.eigvals(G))) + 0.05
+
+    def energy(A, r):  # sum_k |(A / r)^k|_F^2
+        return np.trace(solve_discrete_lyapunov(A / r, np.eye(len(A))))
+
+    level = energy(G, r0)
+
+    def smoothed_radius(A):
+        edge = np.max(np.abs(np.linalg.eigvals(A)))
+        return brentq(lambda r: energy(A, r) - level, edge * (1 + 1e-9), 10 * edge + 10, xtol=1e-14)
+
+    gradient, h = ssr_gradient(G, r0), 1e-6
+    for i, j in [(0, 1), (3, 2), (4, 4), (2, 0)]:
+        step = np.zeros_like(G)
+        step[i, j] = h
+        finite = (smoothed_radius(G + step) - smoothed_radius(G - step)) / (2 * h)
+        assert abs(finite - gradient[i, j]) < 1e-7 * max(1.0, abs(finite)), (i, j)
+
+
+def test_repair_brings_eigenvalues_beyond_the_euler_disk_back():
+    """B = -W^T with large W: Hurwitz, but eigenvalues far off the real axis leave the Euler disk at dt/tau = 0.1."""
+    from arsim.rules.dinv import repair_feedback
+
+    rng = np.random.default_rng(1)
+    W = rng.normal(0, 3, size=(6, 8))
+    continuous, discrete = stability(W, -W.T, 0.5, 0.1)
+    assert continuous is None and discrete is not None
+    repaired, steps = repair_feedback(W, -W.T, 0.5, 0.1)
+    lam = _jacobian_eigenvalues(W, repaired, 0.5)
+    assert steps > 0 and np.max(lam.real) < -0.01 and np.max(np.abs(1 + 0.1 * lam)) < 0.999
+
+
 def _jacobian_eigenvalues(W, B, alpha):
     n_above, n_below = W.shape
     return np.linalg.eigvals(np.block([[-np.eye(n_below), B], [W, -alpha * np.eye(n_above)]]))

@@ -6,7 +6,8 @@ import numpy as np
 
 from .base import Param, Rule, non_negative, register
 
-__all__ = ["DynamicInversion", "UnstableInversion", "stability", "fixed_point", "jacobian", "ssa_gradient", "repair_feedback"]
+__all__ = ["DynamicInversion", "UnstableInversion", "stability", "fixed_point", "jacobian", "ssa_gradient", "ssr_gradient",
+           "repair_feedback"]
 
 FEEDBACK = ("neg_transpose", "random")
 
@@ -55,23 +56,45 @@ def ssa_gradient(M: np.ndarray, s: float) -> np.ndarray:
     return PQ / np.trace(PQ)
 
 
+def ssr_gradient(G: np.ndarray, r: float) -> np.ndarray:
+    """Gradient of the smoothed spectral radius of ``G`` at the level through ``r`` (discrete-time analogue).
+
+    The ``r~(G)`` solving ``g(G, r~) = c`` with ``g(G, r) = sum_k |(G / r)^k|_F^2 = tr Q`` and
+    ``c = g(G, r)`` of the given ``r`` (right of the spectral radius). With ``A = G / r``,
+    ``A Q A^T - Q = -I`` and ``A^T P A - P = -I``, implicit differentiation gives
+    ``d r~ / dG = P A Q / <P A Q, A>`` (Frobenius inner product).
+    """
+    from scipy.linalg import solve_discrete_lyapunov
+
+    A = G / r
+    identity = np.eye(len(G))
+    Q = solve_discrete_lyapunov(A, identity)
+    P = solve_discrete_lyapunov(A.T, identity)
+    PAQ = P @ A @ Q
+    return PAQ / np.sum(PAQ * A)
+
+
 def _margins(W, B, alpha, eta):
     lam = np.linalg.eigvals(jacobian(W, B, alpha))
     return float(np.max(lam.real)), float(np.max(np.abs(1.0 + eta * lam)))
 
 
 def repair_feedback(W: np.ndarray, B: np.ndarray, alpha: float, eta: float, target: float = -0.01,
-                    smoothing: float = 0.1, max_steps: int = 5000) -> tuple[np.ndarray, int]:
+                    smoothing: float = 0.1, radius_target: float = 0.999, max_steps: int = 5000) -> tuple[np.ndarray, int]:
     """Descend ``B`` down the smoothed spectral abscissa of the layer's Jacobian until it is stable.
 
     The authors' ``SSA_opt`` (research/gait_pal_di.md C.4): gradient steps on
     the ``B`` block of ``P Q / tr(P Q)`` (`ssa_gradient`), evaluated
-    ``smoothing`` (in ``1/tau``) right of the current spectral abscissa. It
-    stops once the abscissa is below ``target`` **and** the forward-Euler map
-    of step ``eta`` contracts (the authors stop on the first alone, which
-    leaves random draws Euler-unstable at ``dt/tau = 0.1``). The step length
-    adapts: it grows by 1.2 after a step that lowered the abscissa and halves
-    (the step undone) after one that did not.
+    ``smoothing`` (in ``1/tau``) right of the current spectral abscissa,
+    until the abscissa is below ``target``. The authors stop there, which
+    leaves random draws Euler-unstable at ``dt/tau = 0.1`` and, in training,
+    layers whose large eigenvalues lie beyond the Euler disk: while the
+    forward-Euler map ``G = I + eta M`` has spectral radius ``>= radius_target``
+    the steps descend its smoothed spectral radius instead (`ssr_gradient`,
+    ``smoothing * eta`` right of the radius) as long as the abscissa stays
+    below ``target``. Each of the two step lengths adapts: it grows by 1.2
+    after a step that lowered its measure and halves (the step undone) after
+    one that did not.
 
     Returns
     -------
@@ -88,19 +111,29 @@ def repair_feedback(W: np.ndarray, B: np.ndarray, alpha: float, eta: float, targ
     n_below = W.shape[1]
     B = np.array(B, dtype=float)
     abscissa, radius = _margins(W, B, alpha, eta)
-    lr, steps = 0.05, 0
-    while not (abscissa < target and radius < 1.0):
-        if steps >= max_steps or lr < 1e-12:
+    if abscissa < target and radius < 1.0:
+        return B, 0
+    lr = {"abscissa": 0.05, "radius": 0.05}
+    steps = 0
+    while not (abscissa < target and radius < radius_target):
+        if steps >= max_steps or min(lr.values()) < 1e-12:
             raise UnstableInversion(f"the repair of B did not converge in {steps} steps (spectral abscissa {abscissa:.4g},"
                                     f" Euler radius {radius:.6g} at dt/tau = {eta:g})")
-        gradient = ssa_gradient(jacobian(W, B, alpha), abscissa + smoothing)[:n_below, n_below:]
-        candidate = B - lr * gradient
+        M = jacobian(W, B, alpha)
+        if abscissa >= target:
+            measure, gradient = "abscissa", ssa_gradient(M, abscissa + smoothing)[:n_below, n_below:]
+        else:
+            G = np.eye(len(M)) + eta * M
+            measure, gradient = "radius", eta * ssr_gradient(G, radius + smoothing * eta)[:n_below, n_below:]
+        candidate = B - lr[measure] * gradient
         new_abscissa, new_radius = _margins(W, candidate, alpha, eta)
         steps += 1
-        if new_abscissa < abscissa or (abscissa < target and new_radius < radius):
-            B, abscissa, radius, lr = candidate, new_abscissa, new_radius, lr * 1.2
+        improved = new_abscissa < abscissa if measure == "abscissa" else (new_radius < radius and new_abscissa < target)
+        if improved:
+            B, abscissa, radius = candidate, new_abscissa, new_radius
+            lr[measure] *= 1.2
         else:
-            lr *= 0.5
+            lr[measure] *= 0.5
     return B, steps
 
 
