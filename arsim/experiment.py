@@ -282,7 +282,7 @@ def train(experiment, out_dir, resume: bool = False, device: str = "cpp", progre
                 before, noise = params, None
                 if trainer is not None:
                     noise = trainer.mirror_noise(epoch, first)
-                    result = trainer.run_chunk(params, x[rows_slice], targets[rows_slice], first_batch=first, noise=noise)
+                    result = trainer.run_chunk(params, x[rows_slice], targets[rows_slice], first_batch=first, epoch=epoch, noise=noise)
                     params = result.params
                     alignment.extend(result.alignment)
                     repairs += result.repairs
