@@ -107,6 +107,36 @@ static inline double arsim_activation_derivative(const double u, const int kind,
 """
 
 
+_CPP_INVERSE = """
+static inline double arsim_activation_inverse(const double y, const int kind, const double slope)
+{
+    switch (kind) {
+        case 2: return atanh(y);
+        case 3: return log(y / (1.0 - y));
+        case 4: return y >= 0 ? y : y / slope;
+        default: return y;  // linear (relu is not invertible: GAIT-prop refuses it)
+    }
+}
+"""
+
+#: activations with an inverse on their range (``act_finv``)
+INVERTIBLE = ("linear", "tanh", "sigmoid", "leaky_relu")
+
+
+def inverse(u, kind, slope):
+    """``f^-1`` by activation code, the numpy twin of the C++ ``arsim_activation_inverse``."""
+    y = np.asarray(u, dtype=np.float64)
+    kind = int(np.ravel(kind)[0])
+    slope = float(np.ravel(slope)[0])
+    if kind == ACTIVATION_CODES["tanh"]:
+        return np.arctanh(y)
+    if kind == ACTIVATION_CODES["sigmoid"]:
+        return np.log(y / (1.0 - y))
+    if kind == ACTIVATION_CODES["leaky_relu"]:
+        return np.where(y >= 0, y, y / slope)
+    return y + 0.0
+
+
 def _numpy_table(derivative: bool):
     by_code = {code: ACTIVATIONS[name] for name, code in ACTIVATION_CODES.items() if name != "leaky_relu"}
 
@@ -121,7 +151,7 @@ def _numpy_table(derivative: bool):
 
 
 def brian_functions():
-    """Brian2 `Function` objects ``act_f(u, kind, slope)`` and ``act_fp(u, kind, slope)``.
+    """Brian2 `Function` objects ``act_f(u, kind, slope)``, ``act_fp(u, kind, slope)`` and the inverse ``act_finv``.
 
     The activation is chosen at run time by its integer code (see
     ``ACTIVATION_CODES``), so one compiled network serves every activation.
@@ -130,12 +160,13 @@ def brian_functions():
     from brian2 import Function
 
     functions = {}
-    for name, derivative, cpp_name, cpp_code in (
-        ("act_f", False, "arsim_activation", _CPP_ACTIVATION),
-        ("act_fp", True, "arsim_activation_derivative", _CPP_DERIVATIVE),
+    for name, pyfunc, cpp_name, cpp_code in (
+        ("act_f", _numpy_table(False), "arsim_activation", _CPP_ACTIVATION),
+        ("act_fp", _numpy_table(True), "arsim_activation_derivative", _CPP_DERIVATIVE),
+        ("act_finv", inverse, "arsim_activation_inverse", _CPP_INVERSE),
     ):
         function = Function(
-            _numpy_table(derivative),
+            pyfunc,
             arg_units=[1, 1, 1],
             return_unit=1,
             arg_types=["float", "integer", "float"],

@@ -20,9 +20,11 @@ __all__ = ["main"]
 
 
 def _rule_text(rule) -> str:
-    """``rule NAME [table values], feedback ..., derivative ...`` for the summary lines."""
+    """``rule NAME [table values]`` (and, for AR, ``feedback ..., derivative ...``) for the summary lines."""
     table = f" [{', '.join(f'{k} {v}' for k, v in rule.settings.items())}]" if rule.settings else ""
-    return f"rule {rule.name}{table}, feedback {rule.feedback}, derivative {rule.derivative}"
+    # the switches are AR's (config refuses them for the other rules, whose backward pathway is their own)
+    switches = f", feedback {rule.feedback}, derivative {rule.derivative}" if rule.name == "ar" else ""
+    return f"rule {rule.name}{table}{switches}"
 
 
 def _fmt(value, infinite: str = "inf") -> str:
@@ -79,10 +81,14 @@ def _cmd_relax(args) -> int:
         raise ConfigError(f"--save {args.save}: expected a file name ending in .npz")
     if args.save is not None and not Path(args.save).resolve().parent.is_dir():
         raise ConfigError(f"--save {args.save}: directory {Path(args.save).parent} does not exist")
+    _print_warnings(experiment)
     if args.device == "cpp":
         print("arsim: building the standalone network (cached after the first time)...", file=sys.stderr)
     result = run_relaxation(experiment, device=args.device)
     summary = {"layers": result.layers, "compile_seconds": result.compile_seconds, "run_seconds": result.run_seconds}
+    if result.diagnostics:
+        summary.update(result.diagnostics)
+        print("arsim: " + ", ".join(f"{key} = {value}" for key, value in result.diagnostics.items()), file=sys.stderr)
     if experiment.rule.counts_repairs:
         summary["b_repairs"] = result.repairs
         print(f"arsim: repaired B of {result.repairs} unstable hidden layer(s) of the drawn weights", file=sys.stderr)
@@ -97,6 +103,11 @@ def _cmd_relax(args) -> int:
     return 0
 
 
+def _print_warnings(experiment) -> None:
+    for line in experiment.rule.config_warnings(experiment.network):
+        print(f"arsim: warning: {line}", file=sys.stderr)
+
+
 def _cmd_train(args) -> int:
     from . import config as config_mod
     from .experiment import train
@@ -109,6 +120,7 @@ def _cmd_train(args) -> int:
     experiment = Experiment.from_config(config_mod.load(resolve_model(args.model), overrides))
     rule = experiment.rule
     out = Path(args.out) if args.out else Path("runs") / f"{experiment.name}-{rule.name}-seed{experiment.seed}"
+    _print_warnings(experiment)
     summary = train(experiment, out, resume=args.resume, device=args.device, progress=not args.quiet)
     last = summary.rows[-1]
     print(

@@ -106,7 +106,11 @@ SCHEMA: dict[str, Key] = {
     "leaky_slope": Key(float, 0.01, lambda v: None if 0 <= v < 1 else "a number in [0, 1)", "negative slope of leaky_relu"),
     "loss": Key(str, "mse", _one_of("mse", "ce"), "mse: summed squared error; ce: softmax cross-entropy", shape_key=True),
     "bias": Key(bool, False, None, "use biases b^l"),
-    "init_std": Key(float, 0.05, _positive, "forward weights drawn from N(0, init_std^2)"),
+    "init": Key(
+        str, "normal", _one_of("normal", "orthogonal"),
+        "forward weights: normal: N(0, init_std^2); orthogonal: Haar-random (semi-)orthogonal, unit singular values (init_std unused)",
+    ),
+    "init_std": Key(float, 0.05, _positive, "forward weights drawn from N(0, init_std^2) (init = 'normal')"),
     "feedback_std": Key(float, 0.05, _positive, "B drawn from N(0, feedback_std^2) for feedback = learned | random"),
     "input": Key(str, "normal", _one_of("normal", "uniform"), "random input for relax: N(0,1) or U[0,1)"),
     "seed": Key(int, 0, _non_negative_int, "seed of weights, input and target"),
@@ -301,6 +305,9 @@ def _check_relations(config: dict, source: str) -> None:
     for key, (value, why) in rule.required_keys(settings).items():
         if config[key] != value:
             raise ConfigError(f"{source}: {key} = {config[key]!r} with rule = {config['rule']!r}; expected {key} = {value!r} ({why})")
+    problem = rule.check_config(config)
+    if problem:
+        raise ConfigError(f"{source}: {problem}")
     if config["projection"] not in rule.projections:
         raise ConfigError(
             f"{source}: projection = {config['projection']!r} with rule = {config['rule']!r};"

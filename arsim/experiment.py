@@ -111,7 +111,8 @@ def _locate_divergence(experiment: Experiment, params: Params, x, targets, epoch
     return f"epoch {epoch}, batches {first_batch + 1}..{first_batch + n_batches} (the numpy replay stayed finite)"
 
 
-def _metric_row(experiment: Experiment, params, data, epoch, seconds, samples, alignment, repairs: int = 0) -> dict:
+def _metric_row(experiment: Experiment, params, data, epoch, seconds, samples, alignment, repairs: int = 0,
+                diagnostics: dict | None = None) -> dict:
     with np.errstate(all="ignore"):
         on_train = evaluate(experiment.network, params, data.x_train, data.y_train, data.n_classes)
         on_test = evaluate(experiment.network, params, data.x_test, data.y_test, data.n_classes)
@@ -135,6 +136,8 @@ def _metric_row(experiment: Experiment, params, data, epoch, seconds, samples, a
         row[f"b_angle_deg_{l}"] = angle_deg(params.B[l], params.W[l].T) if own else float("nan")
     if rule.counts_repairs:
         row["b_repairs"] = repairs
+    for key in rule.diagnostic_keys(len(params.W)):
+        row[key] = (diagnostics or {}).get(key, 0)
     return row
 
 
@@ -250,7 +253,7 @@ def train(experiment, out_dir, resume: bool = False, device: str = "cpp", progre
     n_batches = data.n_train // batch
     # a rule that repairs its dynamics does so between runs: one batch per run repairs after every update,
     # as its numpy reference does (an update inside a longer run could make the relaxation diverge unseen)
-    per_run = 1 if experiment.rule.counts_repairs else chunk_batches(n_batches, batch, max_run_samples)
+    per_run = 1 if experiment.rule.updates_between_runs else chunk_batches(n_batches, batch, max_run_samples)
     n_used = n_batches * batch
     targets_train = data.targets(data.y_train)
 
@@ -276,7 +279,7 @@ def train(experiment, out_dir, resume: bool = False, device: str = "cpp", progre
             order = epoch_order(experiment, data.n_train, epoch)
             x, targets = data.x_train[order], targets_train[order]
             started = time.perf_counter()
-            alignment, repairs = [], 0
+            alignment, repairs, diagnostics = [], 0, {}
             for first in range(0, n_batches, per_run):
                 rows_slice = slice(first * batch, (first + per_run) * batch)
                 before, noise = params, None
@@ -286,6 +289,8 @@ def train(experiment, out_dir, resume: bool = False, device: str = "cpp", progre
                     params = result.params
                     alignment.extend(result.alignment)
                     repairs += result.repairs
+                    for key, value in result.diagnostics.items():
+                        diagnostics[key] = diagnostics.get(key, 0) + value
                 else:
                     with np.errstate(all="ignore"):
                         params = bp_epoch(experiment, params, x[rows_slice], targets[rows_slice])
@@ -295,7 +300,7 @@ def train(experiment, out_dir, resume: bool = False, device: str = "cpp", progre
                 bar.update(per_run * batch)
             seconds = time.perf_counter() - started
             train_seconds += seconds
-            row = _metric_row(experiment, params, data, epoch, seconds, n_used, alignment, repairs)
+            row = _metric_row(experiment, params, data, epoch, seconds, n_used, alignment, repairs, diagnostics)
             rows.append(row)
             if not math.isfinite(row["train_loss"]):
                 raise FloatingPointError(f"NaN/Inf in the output activity at epoch {epoch} (train loss {row['train_loss']})")

@@ -16,6 +16,7 @@ from . import metrics
 from .activations import ACTIVATION_CODES
 from .brian.devices import Runner, get_runner
 from .brian.network import DT_INTERNAL, Topology, topology_for
+from .initialise import forward_weights
 from .reference import oracle
 from .rules import Rule
 from .spec import Experiment, NetworkSpec
@@ -39,7 +40,7 @@ class Problem:
 def draw_problem(experiment: Experiment) -> Problem:
     """Draw weights, biases, backward weights, input and target from the experiment's seed.
 
-    Forward weights ``N(0, init_std^2)``; biases the same when ``bias`` is on
+    Forward weights by ``init`` (`arsim.initialise.forward_weights`); biases ``N(0, init_std^2)`` when ``bias`` is on
     (zeros otherwise); ``B`` by the feedback rule; the input ``N(0, 1)`` or
     ``U[0, 1)``; the target a random one-hot vector.
     """
@@ -47,7 +48,7 @@ def draw_problem(experiment: Experiment) -> Problem:
     net = experiment.network
     sizes = net.sizes
     n_layers = len(sizes) - 1
-    W = [rng.normal(0.0, net.init_std, size=(sizes[l + 1], sizes[l])) for l in range(n_layers)]
+    W = forward_weights(rng, sizes, net.init, net.init_std, experiment.rule.input_columns(sizes))
     if net.bias:
         b = [rng.normal(0.0, net.init_std, size=sizes[l + 1]) for l in range(n_layers)]
     else:
@@ -124,6 +125,8 @@ class RelaxResult:
     run_seconds: float = 0.0
     #: hidden layers whose drawn ``B`` the rule repaired before the run (dynamic inversion with repair)
     repairs: int = 0
+    #: the rule's counters of the run (`arsim.rules.base.Rule.diagnostics`, e.g. GAIT-prop's kink crossings)
+    diagnostics: dict = field(default_factory=dict)
 
     def arrays(self) -> dict:
         """The arrays of the ``--save`` file (keys documented in the README)."""
@@ -252,6 +255,7 @@ def run_relaxation(experiment, device: str = "cpp", runner: Runner | None = None
     rule = experiment.rule
     # before any compilation: an unstable draw is refused in one line
     problem.B, repairs = rule.stabilise(problem.W, problem.B, eta, "with the drawn weights")
+    diagnostics = rule.diagnostics(net, problem.W, problem.b, problem.B, problem.x_in[None], problem.target[None])
     topo = runner.topology if runner is not None else topology_for(experiment)
     runner = runner or get_runner(topo, device)
     n_relax = net.n_relax_steps
@@ -272,9 +276,8 @@ def run_relaxation(experiment, device: str = "cpp", runner: Runner | None = None
     hidden, output = net.hidden, net.output
     # the learning signal and the factors of the local update, by the rule (value nodes for PC)
     # error connections: the learning signal is measured against the simulated prediction mu = Phi xbar
-    connected = {"predictions": [raw[f"layer{l}.mu"] for l in range(n_layers + 1)]} if "layer1.mu" in raw else {}
-    x, slope, pre = rule.local_factors(values, problem.W, problem.b, xbar, fp, net, **connected)
-    xtrace = rule.signal_traces(states, problem.W, problem.b, xbar, problem.x_in, net, **connected) if topo.record_variables else states
+    x, slope, pre = rule.local_factors(values, problem.W, problem.b, xbar, fp, net, raw=raw)
+    xtrace = rule.signal_traces(states, problem.W, problem.b, xbar, problem.x_in, net, raw=raw) if topo.record_variables else states
     dW = [np.outer(x[l + 1] * slope[l + 1], pre[l]) for l in range(n_layers)]
     db = [x[l + 1] * slope[l + 1] for l in range(n_layers)]
     fwd = oracle.forward(problem.W, problem.b, problem.x_in, hidden, output, net.loss)
@@ -295,6 +298,7 @@ def run_relaxation(experiment, device: str = "cpp", runner: Runner | None = None
         compile_seconds=getattr(runner, "compile_seconds", 0.0),
         run_seconds=run_seconds,
         repairs=repairs,
+        diagnostics=diagnostics,
     )
     layer_table(result)
     return result

@@ -47,6 +47,7 @@ class NetworkSpec:
     leaky_slope: float = 0.01
     loss: str = "mse"
     bias: bool = False
+    init: str = "normal"
     init_std: float = 0.05
     feedback_std: float = 0.05
     tau: float = 10.0
@@ -193,6 +194,7 @@ KEY_FIELDS = {
     "leaky_slope": ("network", "leaky_slope", _same),
     "loss": ("network", "loss", _same),
     "bias": ("network", "bias", bool),
+    "init": ("network", "init", _same),
     "init_std": ("network", "init_std", _same),
     "feedback_std": ("network", "feedback_std", _same),
     "tau": ("network", "tau", _same),

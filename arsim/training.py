@@ -24,6 +24,7 @@ import numpy as np
 from . import metrics
 from .brian.devices import Runner, get_runner
 from .brian.network import DT_INTERNAL, Topology, topology_for
+from .initialise import forward_weights
 from .reference import oracle
 from .relax import Problem, network_params
 from .spec import Experiment, NetworkSpec
@@ -72,11 +73,11 @@ class Params:
 
 
 def init_params(experiment: Experiment) -> Params:
-    """Initial weights from the seed: ``W ~ N(0, init_std^2)``, zero biases, ``B`` by the rule."""
+    """Initial weights from the seed: ``W`` by ``init`` (`arsim.initialise`), zero biases, ``B`` by the rule."""
     rng = np.random.default_rng([experiment.seed, 1])
     net = experiment.network
     sizes = net.sizes
-    W = [rng.normal(0.0, net.init_std, size=(sizes[l + 1], sizes[l])) for l in range(len(sizes) - 1)]
+    W = forward_weights(rng, sizes, net.init, net.init_std, experiment.rule.input_columns(sizes))
     b = [np.zeros(sizes[l + 1]) for l in range(len(sizes) - 1)]
     B = experiment.rule.initial_backward(W, rng, net.feedback_std)
     return Params(W, b, B, experiment.rule.initial_state(sizes, rng))
@@ -136,6 +137,8 @@ class ChunkResult:
     seconds: float = 0.0
     #: layers whose ``B`` the rule repaired before or after the run (`arsim.rules.base.Rule.stabilise`)
     repairs: int = 0
+    #: the rule's counters of the run (`arsim.rules.base.Rule.diagnostics`)
+    diagnostics: dict = field(default_factory=dict)
 
 
 class BrianTrainer:
@@ -216,18 +219,27 @@ class BrianTrainer:
             noise = self.mirror_noise(epoch, first_batch)
         eta = self.experiment.network.eta
         B, repairs_before = self.rule.stabilise(params.W, params.B, eta, f"before the run of epoch {epoch} at batch {first_batch + 1}")
-        if repairs_before:
+        if B is not params.B:
             params = dataclasses.replace(params, B=B)
+        net = self.experiment.network
+        diagnostics = self.rule.diagnostics(net, params.W, params.b, params.B, x, targets)
         raw = self.runner.run(self.params_for_run(params, x, targets, noise))
         seconds = time.perf_counter() - started
         sizes = topo.sizes
         W = [raw[f"proj{l}.w"].reshape(sizes[l + 1], sizes[l]) for l in range(topo.n_layers)]
+        penalty = self.rule.weight_penalty(params.W)
+        if penalty is not None:
+            if len(x) != self.experiment.training.batch_size:
+                raise ValueError(f"rule = {self.rule.name!r} penalises its weights between runs: one batch per run, got {len(x)} samples")
+            lr = self.experiment.training.lr
+            W = [w - lr * p for w, p in zip(W, penalty)]
+        W = self.rule.constrain_weights(W)
         b = [raw[f"layer{l + 1}.b"][:sizes[l + 1]].copy() for l in range(topo.n_layers)]
         new = Params(W, b, self.rule.backward_from_results(raw, W, params.B), self.rule.state_from_results(raw, params.state))
         new.B, repairs_after = self.rule.stabilise(new.W, new.B, eta, f"after the run of epoch {epoch} that ended at batch"
                                                    f" {first_batch + len(x) // self.experiment.training.batch_size}")
         return ChunkResult(params=new, alignment=self._alignment(raw, x, targets, first_batch), seconds=seconds,
-                           repairs=repairs_before + repairs_after)
+                           repairs=repairs_before + repairs_after, diagnostics=diagnostics)
 
     def _alignment(self, raw: dict, x: np.ndarray, targets: np.ndarray, first_batch: int) -> list:
         """Angle and relative error of the recorded batch updates against BP on the same batch."""

@@ -200,34 +200,43 @@ def _lyapunov_energy(M, s):
     return np.trace(solve_continuous_lyapunov(M - s * np.eye(len(M)), -np.eye(len(M))))
 
 
-def test_ssa_gradient_equals_finite_differences_of_the_implicit_abscissa():
+def _implicit_gradient_matches(M, gradient, energy, level, bracket, entries):
+    """Central differences of the level set ``energy(A, s) = level`` (solved by brentq in ``bracket(A)``) match ``gradient``."""
     from scipy.optimize import brentq
 
+    def level_crossing(A):
+        # energy(A, s) falls from +inf at the spectral edge towards 0: the level is crossed once
+        low, high = bracket(A)
+        return brentq(lambda s: energy(A, s) - level, low, high, xtol=1e-14)
+
+    h = 1e-6
+    for i, j in entries:
+        step = np.zeros_like(M)
+        step[i, j] = h
+        finite = (level_crossing(M + step) - level_crossing(M - step)) / (2 * h)
+        assert abs(finite - gradient[i, j]) < 1e-7 * max(1.0, abs(finite)), (i, j)
+    return level_crossing
+
+
+def test_ssa_gradient_equals_finite_differences_of_the_implicit_abscissa():
     from arsim.rules.dinv import jacobian, ssa_gradient
 
     rng = np.random.default_rng(0)
     W, B = rng.normal(size=(3, 4)), 0.5 * rng.normal(size=(4, 3))
     M = jacobian(W, B, 0.1)
     s0 = np.max(np.linalg.eigvals(M).real) + 0.1
-    level = _lyapunov_energy(M, s0)
 
-    def smoothed_abscissa(A):
-        # f(A, s) falls from +inf (at the abscissa) to 0: the level set is crossed once
+    def bracket(A):
         edge = np.max(np.linalg.eigvals(A).real)
-        return brentq(lambda s: _lyapunov_energy(A, s) - level, edge + 1e-9, edge + 50.0, xtol=1e-14)
+        return edge + 1e-9, edge + 50.0
 
-    assert abs(smoothed_abscissa(M) - s0) < 1e-10
-    gradient, h = ssa_gradient(M, s0), 1e-6
-    for i, j in [(0, 5), (2, 4), (5, 1), (6, 6), (1, 0)]:
-        step = np.zeros_like(M)
-        step[i, j] = h
-        finite = (smoothed_abscissa(M + step) - smoothed_abscissa(M - step)) / (2 * h)
-        assert abs(finite - gradient[i, j]) < 1e-7 * max(1.0, abs(finite)), (i, j)
+    abscissa = _implicit_gradient_matches(M, ssa_gradient(M, s0), _lyapunov_energy, _lyapunov_energy(M, s0), bracket,
+                                          [(0, 5), (2, 4), (5, 1), (6, 6), (1, 0)])
+    assert abs(abscissa(M) - s0) < 1e-10
 
 
 def test_ssr_gradient_equals_finite_differences_of_the_implicit_radius():
     from scipy.linalg import solve_discrete_lyapunov
-    from scipy.optimize import brentq
 
     from arsim.rules.dinv import ssr_gradient
 
@@ -238,18 +247,12 @@ def test_ssr_gradient_equals_finite_differences_of_the_implicit_radius():
     def energy(A, r):  # sum_k |(A / r)^k|_F^2
         return np.trace(solve_discrete_lyapunov(A / r, np.eye(len(A))))
 
-    level = energy(G, r0)
-
-    def smoothed_radius(A):
+    def bracket(A):
         edge = np.max(np.abs(np.linalg.eigvals(A)))
-        return brentq(lambda r: energy(A, r) - level, edge * (1 + 1e-9), 10 * edge + 10, xtol=1e-14)
+        return edge * (1 + 1e-9), 10 * edge + 10
 
-    gradient, h = ssr_gradient(G, r0), 1e-6
-    for i, j in [(0, 1), (3, 2), (4, 4), (2, 0)]:
-        step = np.zeros_like(G)
-        step[i, j] = h
-        finite = (smoothed_radius(G + step) - smoothed_radius(G - step)) / (2 * h)
-        assert abs(finite - gradient[i, j]) < 1e-7 * max(1.0, abs(finite)), (i, j)
+    radius = _implicit_gradient_matches(G, ssr_gradient(G, r0), energy, energy(G, r0), bracket, [(0, 1), (3, 2), (4, 4), (2, 0)])
+    assert abs(radius(G) - r0) < 1e-10
 
 
 def test_repair_brings_eigenvalues_beyond_the_euler_disk_back():

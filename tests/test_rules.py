@@ -27,6 +27,7 @@ E = Experiment.from_config  # tests type a resolved config as the CLI does
 from conftest import training_data
 
 SIZES = [5, 4, 3, 2]
+GAIT_SIZES = [5, 4, 3, 3]  # W^1 in the tower form (3 x 4 reading 3 units), W^2 square
 N_SAMPLES, BATCH = 12, 4
 SIMULATED = [name for name, cls in RULES.items() if cls.simulated]
 
@@ -41,6 +42,10 @@ def _train_config(rule, **keys):
         base.update({"wm.mirror_samples": 5, "wm.mirror_steps": 2})
     if rule == "kp":
         base["kp.decay"] = 0.7
+    if rule == "gait":
+        base["sizes"] = GAIT_SIZES  # targets pass through (W^l)^-1: square or narrowing layers above the input
+        # the error gamma^-k (xbar - t) amplifies rounding by gamma^-k: a larger gamma keeps it below 1e-10
+        base["gait.gamma"] = 0.05
     return resolve({**base, **keys})
 
 
@@ -55,29 +60,42 @@ CASES = [(rule, "batch") for rule in SIMULATED] + [(rule, "sample") for rule in 
 def test_brian_training_equals_the_rules_numpy_reference(rule, parallel, build_dir):
     config = _train_config(rule, **{"train.parallel": parallel})
     x, targets = training_data(config, N_SAMPLES)
-    trainer = BrianTrainer(E(config), N_SAMPLES)
     start = init_params(E(config))
-    result = trainer.run_chunk(start, x, targets, epoch=1)
+    if E(config).rule.updates_between_runs:
+        # the rule changes its weights between runs (GAIT-prop's inverses and penalty): one batch per run
+        trainer = BrianTrainer(E(config), BATCH)
+        trained = start
+        for first in range(N_SAMPLES // BATCH):
+            rows = slice(first * BATCH, (first + 1) * BATCH)
+            trained = trainer.run_chunk(trained, x[rows], targets[rows], first_batch=first, epoch=1).params
+    else:
+        trainer = BrianTrainer(E(config), N_SAMPLES)
+        trained = trainer.run_chunk(start, x, targets, epoch=1).params
     reference = E(config).rule.reference_epoch(E(config), start, x, targets, noise=trainer.mirror_noise(1, 0))
     for name in ("W", "b", "B"):
-        assert _max_diff(getattr(result.params, name), getattr(reference, name)) < 1e-10, name
+        assert _max_diff(getattr(trained, name), getattr(reference, name)) < 1e-10, name
     # the comparison can fail: the weights moved by much more than the tolerance
     assert _max_diff(reference.W, start.W) > 1e-2
     if rule in ("kp", "wm", "ia", "sign"):
         assert _max_diff(reference.B, start.B) > 1e-3
     if rule in ("fa", "dfa"):
-        assert _max_diff(result.params.B, start.B) == 0.0  # fixed random feedback
+        assert _max_diff(trained.B, start.B) == 0.0  # fixed random feedback
+    if rule == "gait":
+        for l in range(1, len(GAIT_SIZES) - 1):
+            n = GAIT_SIZES[l + 1]
+            np.testing.assert_allclose(trained.B[l][:n] @ trained.W[l][:, :n], np.eye(n), atol=1e-12)
+            assert not np.any(trained.W[l][:, n:]) and not np.any(trained.B[l][n:])  # auxiliary units stay out
     if rule == "kp":
         # SPEC 3.4: B - W^T shrinks by exactly (1 - lr lambda) per update (3 updates here)
         factor = (1 - config["train.lr"] * config["kp.decay"]) ** (N_SAMPLES // BATCH)
         for l in range(len(SIZES) - 1):
             before = start.B[l] - start.W[l].T
-            after = result.params.B[l] - result.params.W[l].T
+            after = trained.B[l] - trained.W[l].T
             assert np.max(np.abs(after - factor * before)) < 1e-12 * np.max(np.abs(before))
     if rule == "sign":
         for l in range(len(SIZES) - 1):
             scale = math.sqrt(2.0 / (SIZES[l] + SIZES[l + 1]))
-            np.testing.assert_array_equal(result.params.B[l], scale * np.sign(result.params.W[l]).T)
+            np.testing.assert_array_equal(trained.B[l], scale * np.sign(trained.W[l]).T)
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +112,8 @@ def relax_runner(build_dir):
 
 
 def _relax_config(rule, **keys):
-    return resolve({"sizes": [6, 5, 4, 3], "init_std": 0.5, "feedback_std": 0.5, "duration": 300.0, "rule": rule, **keys})
+    sizes = [6, 4, 4, 4] if rule == "gait" else [6, 5, 4, 3]  # GAIT-prop: square layers above the input
+    return resolve({"sizes": sizes, "init_std": 0.5, "feedback_std": 0.5, "duration": 300.0, "rule": rule, **keys})
 
 
 def _relax(config, runner, problem):

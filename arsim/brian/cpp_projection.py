@@ -332,52 +332,34 @@ _MIRROR_CPP = """
 def _derivative_code(rule, names: dict, index: str, derivative: bool | None = None, update: bool = False) -> tuple[str, str]:
     """Declarations and the C++ expression of the carried activity ``c * f'`` at unit ``index``.
 
-    ``c`` is ``x`` (AR and the feedback-alignment family) or, for a rule with
-    error units (`arsim.rules.Rule.error_units`), the prediction error
-    ``(x - mu) gain`` in the feedback and the learning signal ``(mu - x) gain``
-    in the update (``gain``: the function's argument, ``err_gain`` or
-    ``signal_gain`` of the post-synaptic group). ``derivative`` (default: the
-    rule's, which applies to the feedback) False gives ``c`` alone; the local
-    update always carries f'.
+    ``c`` is the rule's (`arsim.rules.base.Rule.carried_cpp`): ``x`` for AR and
+    the feedback-alignment family, a prediction error for PC, a target's
+    pre-activation displacement for GAIT-prop; ``gain`` is the function's
+    argument (``err_gain`` in the feedback, ``signal_gain`` in the update).
+    ``derivative`` (default: the rule's, which applies to the feedback) False
+    gives ``c`` alone; the local update always carries f'.
     """
     real = _real()
     derivative = rule.derivative if derivative is None else derivative
     current = rule.derivative_variable == "fpnow"
-    decl = []
-    if current and (derivative or rule.error_units == "strict"):
-        decl += [f"const {real}* __restrict anow = {names['anow_post']};", f"const {real}* __restrict bias = {names['b_post']};"]
-    if rule.error_units is None:
-        carried = f"x[{index}]"
-    else:
-        if rule.error_units in ("fixed", "connected"):
-            decl.append(f"const {real}* __restrict mu = {names['xbar_post' if rule.error_units == 'fixed' else 'mu_post']};")
-            prediction = f"mu[{index}]"
-        else:
-            prediction = f"arsim_activation(anow[{index}] + bias[{index}], kind, slope)"
-        carried = f"({prediction} - x[{index}]) * gain" if update else f"(x[{index}] - {prediction}) * gain"
+    decl, carried = rule.carried_cpp(names, index, real, update)
     if derivative:
         if current:
+            decl += [f"const {real}* __restrict anow = {names['anow_post']};", f"const {real}* __restrict bias = {names['b_post']};"]
             carried += f" * arsim_activation_derivative(anow[{index}] + bias[{index}], kind, slope)"
         else:
             decl.append(f"const {real}* __restrict d = {names['fp_post']};")
             carried += f" * d[{index}]"
-    return "\n    ".join(decl), carried
+    # a rule's expression and the derivative may need the same array: declare it once
+    return "\n    ".join(dict.fromkeys(decl)), carried
 
 
 def _numpy_carried(rule, post, functions, kind, slope, gain, derivative: bool | None = None, update: bool = False):
     """The carried activity of every unit, as in `_derivative_code`, for the runtime target."""
     derivative = rule.derivative if derivative is None else derivative
-    x = post.variables["x"].get_value().copy()
-    current = post.variables["anow"].get_value() + post.variables["b"].get_value()
-    if rule.error_units is None:
-        carried = x
-    else:
-        if rule.error_units in ("fixed", "connected"):
-            prediction = post.variables["xbar" if rule.error_units == "fixed" else "mu"].get_value()
-        else:
-            prediction = functions["act_f"].pyfunc(current, kind, slope)
-        carried = ((prediction - x) if update else (x - prediction)) * gain
+    carried = rule.carried_numpy(post, functions, kind, slope, gain, update)
     if derivative and rule.derivative_variable == "fpnow":
+        current = post.variables["anow"].get_value() + post.variables["b"].get_value()
         carried = carried * functions["act_fp"].pyfunc(current, kind, slope)
     elif derivative:
         carried = carried * post.variables["fp"].get_value()
@@ -391,7 +373,7 @@ def _add_cpp(function, code: str, func: str, blas: bool = False, functions=None)
     ``act_f``, ``act_fp``), those the code calls (``arsim_activation``,
     ``arsim_activation_derivative``) are its dependencies.
     """
-    calls = {"act_f": "arsim_activation(", "act_fp": "arsim_activation_derivative("}
+    calls = {"act_f": "arsim_activation(", "act_fp": "arsim_activation_derivative(", "act_finv": "arsim_activation_inverse("}
     dependencies = {name: functions[name] for name, call in calls.items() if functions and call in code} or None
     kwds = {"compiler_kwds": blas_compiler_kwds()} if blas else {}
     function.implementations.add_implementation("cpp", code, name=func, dependencies=dependencies, **kwds)
@@ -425,7 +407,7 @@ def _feedback_function(syn, pre, post, rule, functions, copies: int):
         names = _names(get_device(), syn, pre, post)
         if copies > 1:
             decl, carried = _derivative_code(rule, names, "k")
-            if rule.derivative or rule.error_units:
+            if rule.derivative or rule.carries_expression:
                 fill = (f"{_real()}* __restrict C = carried_buffer.data();\n"
                         f"    for (int k = 0; k < {copies} * {n_post}; k++)\n        C[k] = {carried};")
             else:

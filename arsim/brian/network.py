@@ -218,7 +218,7 @@ def build_network(topo: Topology) -> BuiltNetwork:
         if topo.train and index >= 1 and topo.projection != "dense":
             _add_bias_plasticity(group, sample_dt, rule)
         role = "input" if index == 0 else ("output" if index == n_layers else "hidden")
-        code = store_code(role, loss=topo.loss, value_nodes=rule.error_units is not None, connected=rule.error_units == "connected")
+        code = store_code(role, loss=topo.loss, value_nodes=rule.value_nodes, connected=rule.error_units == "connected")
         group.run_regularly(code, dt=sample_dt, when="start", order=3 * index, name=f"layer{index}_store")
         if role != "hidden":
             # the input and the clamped output never integrate (relaxing = 0):
@@ -320,7 +320,7 @@ def build_network(topo: Topology) -> BuiltNetwork:
             i, j = projection_indices(topo.sizes[index], topo.sizes[index])
             syn.connect(i=i, j=j)
             add_error_connections(syn, group, sample_dt, order=3 * index + 1, copies=copies,
-                                  learn_order=ORDER_ACCUMULATE if topo.train and rule.learns_error_connections else None)
+                                  learn_order=ORDER_ACCUMULATE if topo.train and rule.learns_state else None)
             projections.append(syn)
 
     if topo.loss == "ce":

@@ -146,7 +146,7 @@ class Rule:
     #: a controller population per hidden layer (``ctrl{l+1}``, dynamic inversion) drives its feedback
     controllers: ClassVar[bool] = False
     #: the rule's own trainable state (`initial_state`) learns during training
-    learns_error_connections: ClassVar[bool] = False
+    learns_state: ClassVar[bool] = False
 
     def __init__(self, settings: dict | None = None, derivative: bool = True, ordering: str = "synchronous",
                  forward: str = "frozen", feedback: str = "transpose"):
@@ -278,6 +278,32 @@ class Rule:
     def check_stability(self, W: list, B: list, eta: float, when: str) -> None:
         """Raise `FloatingPointError` (one line) if the rule's dynamics cannot converge with these weights."""
 
+    # ------------------------------------------------------------------ what the projections carry
+
+    @property
+    def carries_expression(self) -> bool:
+        """Whether the carried activity is an expression (`carried_cpp`) rather than ``x`` itself."""
+        return False
+
+    def carried_cpp(self, names: dict, index: str, real: str, update: bool) -> tuple[list, str]:
+        """Declarations and the C++ expression of what a projection carries from its post-synaptic unit ``index``.
+
+        ``update`` False: the feedback's ``c`` (before the derivative factor); True: the local update's
+        learning signal. ``names`` maps ``<variable>_post`` to the post-synaptic group's arrays
+        (`arsim.brian.cpp_projection`); ``gain``, ``kind``, ``slope`` are in scope. AR and the
+        feedback-alignment family carry ``x``.
+        """
+        return [], f"x[{index}]"
+
+    def carried_numpy(self, post, functions: dict, kind, slope, gain, update: bool) -> np.ndarray:
+        """The numpy twin of `carried_cpp` over every unit of the Brian2 group ``post`` (runtime device)."""
+        return post.variables["x"].get_value().copy()
+
+    @property
+    def value_nodes(self) -> bool:
+        """Whether the output is clamped to ``xbar^L - e`` (a value node) instead of ``e``."""
+        return self.error_units is not None
+
     @property
     def counts_repairs(self) -> bool:
         """Whether `stabilise` may change ``B`` (the metrics then count the repairs per epoch, ``b_repairs``)."""
@@ -293,6 +319,56 @@ class Rule:
         self.check_stability(W, B, eta, when)
         return B, 0
 
+    @property
+    def updates_between_runs(self) -> bool:
+        """Whether the rule changes its weights between Brian2 runs after every update (`stabilise`, `weight_penalty`).
+
+        Training then runs one batch per standalone run, as the rule's numpy reference updates.
+        """
+        return self.counts_repairs
+
+    def weight_penalty(self, W: list) -> list | None:
+        """The gradient of a penalty on the forward weights, added to each layer's data gradient (None: no penalty).
+
+        Brian2 training applies it between runs (one batch per run, `updates_between_runs`), from the
+        weights the batch was computed with, so the step is the reference's ``W - lr (dW + grad)``.
+        """
+        return None
+
+    def input_columns(self, sizes) -> list | None:
+        """Per layer, how many of its inputs ``W^l`` reads (the rest of its columns stay 0); None: all.
+
+        GAIT-prop's tower form reads the first ``n_{l+1}`` units of a narrowing layer.
+        """
+        return None
+
+    def constrain_weights(self, W: list) -> list:
+        """``W`` with the columns beyond `input_columns` set to 0 (after every update and at initialisation)."""
+        used = self.input_columns([W[0].shape[1]] + [w.shape[0] for w in W])
+        if used is None:
+            return W
+        out = [w.copy() for w in W]
+        for l, n in enumerate(used):
+            out[l][:, n:] = 0.0
+        return out
+
+    @classmethod
+    def check_config(cls, config: dict) -> str | None:
+        """A one-line reason why this rule cannot run the resolved ``config`` (None: it can); `arsim.config` refuses it."""
+        return None
+
+    def config_warnings(self, network) -> list:
+        """Lines the CLI prints before a run whose settings are legal but numerically doubtful."""
+        return []
+
+    def diagnostic_keys(self, n_layers: int) -> list:
+        """Names of the per-run counters `diagnostics` returns (metrics columns, summed over an epoch)."""
+        return []
+
+    def diagnostics(self, network, W: list, b: list, B: list, x_in, targets) -> dict:
+        """Counters of one run on the batch ``x_in`` with the weights it started from (keys: `diagnostic_keys`)."""
+        return {}
+
     def layer_gains(self, layer: int, n_layers: int) -> tuple[float, float]:
         """``(err_gain, signal_gain)`` of layer ``layer``: the precision of its error, and its learning signal per ``mu - x``.
 
@@ -300,8 +376,11 @@ class Rule:
         """
         return 1.0, 1.0
 
-    def local_factors(self, x: list, W: list, b: list, xbar: list, fp: list, network) -> tuple[list, list, list]:
+    def local_factors(self, x: list, W: list, b: list, xbar: list, fp: list, network, raw: dict | None = None
+                      ) -> tuple[list, list, list]:
         """The factors of the local update from the relaxed states of one sample.
+
+        ``raw`` holds every array the run returned (e.g. PC's simulated predictions ``layer{l}.mu``).
 
         Returns ``(signal, slope, pre)``, per layer ``0..L`` (entry 0 of the
         first two unused), with ``dW^l = (signal^{l+1} * slope^{l+1}) pre^l^T``:
@@ -318,7 +397,7 @@ class Rule:
         ]
         return x, slope, pre
 
-    def signal_traces(self, xtrace: list, W: list, b: list, xbar: list, x_in, network) -> list:
+    def signal_traces(self, xtrace: list, W: list, b: list, xbar: list, x_in, network, raw: dict | None = None) -> list:
         """The learning signal of layers ``1..L`` over time from the recorded ``x`` (rows are records)."""
         return xtrace
 
@@ -443,6 +522,16 @@ class Rule:
             pre = fwd.xbar
         return [d.T @ pre[l] for l, d in enumerate(delta)], [d.sum(axis=0) for d in delta], fwd.xbar
 
+    def reference_step(self, network, W, b, B, state: dict, x_in, targets, lr: float) -> tuple:
+        """``(dW, db, xbar, next_state)`` of one batch: `reference_update` and, with state, `reference_state_update`.
+
+        A rule whose update and state step share one relaxation overrides this to relax once.
+        """
+        if not state:
+            return (*self.reference_update(network, W, b, B, x_in, targets), state)
+        dW, db, xbar = self.reference_update(network, W, b, B, x_in, targets, state=state)
+        return dW, db, xbar, self.reference_state_update(network, W, b, B, state, x_in, targets, lr)
+
     def reference_epoch(self, experiment, params, x_in: np.ndarray, targets: np.ndarray, noise: dict | None = None,
                         after_batch=None):
         """One epoch of the rule's minibatch SGD on the rows of ``x_in`` (numpy, float64).
@@ -466,15 +555,13 @@ class Rule:
         new = params.copy()
         for index, start in enumerate(range(0, len(x_in) - batch + 1, batch)):
             stop = start + batch
-            own = {"state": new.state} if new.state else {}
-            dW, db, xbar = self.reference_update(network, new.W, new.b, new.B, x_in[start:stop], targets[start:stop], **own)
-            if new.state:
-                next_state = self.reference_state_update(network, new.W, new.b, new.B, new.state, x_in[start:stop],
-                                                         targets[start:stop], lr)
+            dW, db, xbar, next_state = self.reference_step(network, new.W, new.b, new.B, new.state, x_in[start:stop],
+                                                           targets[start:stop], lr)
+            penalty = self.weight_penalty(new.W) or [0.0] * len(new.W)
             for l in range(len(new.W)):
                 s = scalars[l]
                 W_old = new.W[l]
-                new.W[l] = W_old - lr * (dW[l] + s["wdecay"] * W_old)
+                new.W[l] = W_old - lr * (dW[l] + s["wdecay"] * W_old + penalty[l])
                 if network.bias:
                     new.b[l] = new.b[l] - lr * db[l]
                 if not self.separate_backward:
@@ -498,6 +585,7 @@ class Rule:
                 new.B[l] = B
             if new.state:
                 new.state = next_state
+            new.W = self.constrain_weights(new.W)
             if after_batch is not None:
                 after_batch(index, new)
         return new

@@ -85,7 +85,7 @@ Value nodes start at the forward activity (`initial_state = "forward"`).
         self.connections = settings["error_connections"]
         if self.connections != "identity" and self.error_units == "fixed":
             self.error_units = "connected"
-        self.learns_error_connections = self.connections == "learned"
+        self.learns_state = self.connections == "learned"
 
     @classmethod
     def required_keys(cls, settings):
@@ -127,7 +127,7 @@ Value nodes start at the forward activity (`initial_state = "forward"`).
         return {f"err{key[3:]}.w": value.ravel() for key, value in state.items()}
 
     def state_from_results(self, raw, state):
-        if not self.learns_error_connections:
+        if not self.learns_state:
             return super().state_from_results(raw, state)
         return {key: raw[f"err{key[3:]}.w"].reshape(value.shape).copy() for key, value in state.items()}
 
@@ -136,16 +136,51 @@ Value nodes start at the forward activity (`initial_state = "forward"`).
         return [state.get(f"Phi{l}") for l in range(n_layers + 1)]
 
     def reference_state_update(self, network, W, b, B, state, x_in, targets, lr):
-        if not self.learns_error_connections:
+        return self.reference_step(network, W, b, B, state, x_in, targets, lr)[3]
+
+    def _phi_step(self, state, values, fwd, lr):
+        """The authors' ``Phi <- Phi - lr sum eps xbar^T`` from the relaxed value nodes (unchanged unless learned)."""
+        if not self.learns_state:
             return state
-        n_layers = len(W)
-        values, _, _, _, fwd, _ = self.reference_values(network, W, b, B, x_in, targets, phi=self.phi_list(state, n_layers))
         out = {}
         for key, phi in state.items():
             l = int(key[3:])
             eps = values[l] - fwd.xbar[l] @ phi.T
             out[key] = phi - lr * (eps.T @ fwd.xbar[l])
         return out
+
+    def reference_step(self, network, W, b, B, state, x_in, targets, lr):
+        """One relaxation of the batch gives both the weight update and the ``Phi`` step."""
+        phi = self.phi_list(state, len(W)) if state else None
+        values, signal, slope, pre, fwd, _ = self.reference_values(network, W, b, B, x_in, targets, phi=phi)
+        delta = [signal[l + 1] * slope[l + 1] for l in range(len(W))]
+        dW, db = [d.T @ pre[l] for l, d in enumerate(delta)], [d.sum(axis=0) for d in delta]
+        return dW, db, fwd.xbar, self._phi_step(state, values, fwd, lr)
+
+    # ------------------------------------------------------------------ what the projections carry
+
+    @property
+    def carries_expression(self):
+        return True
+
+    def carried_cpp(self, names, index, real, update):
+        """The prediction error ``(x - mu) gain`` (feedback) or the learning signal ``(mu - x) gain`` (update)."""
+        if self.error_units in ("fixed", "connected"):
+            decl = [f"const {real}* __restrict mu = {names['xbar_post' if self.error_units == 'fixed' else 'mu_post']};"]
+            prediction = f"mu[{index}]"
+        else:
+            decl = [f"const {real}* __restrict anow = {names['anow_post']};", f"const {real}* __restrict bias = {names['b_post']};"]
+            prediction = f"arsim_activation(anow[{index}] + bias[{index}], kind, slope)"
+        return decl, (f"({prediction} - x[{index}]) * gain" if update else f"(x[{index}] - {prediction}) * gain")
+
+    def carried_numpy(self, post, functions, kind, slope, gain, update):
+        x = post.variables["x"].get_value()
+        if self.error_units in ("fixed", "connected"):
+            prediction = post.variables["xbar" if self.error_units == "fixed" else "mu"].get_value()
+        else:
+            current = post.variables["anow"].get_value() + post.variables["b"].get_value()
+            prediction = functions["act_f"].pyfunc(current, kind, slope)
+        return ((prediction - x) if update else (x - prediction)) * gain
 
     def layer_gains(self, layer, n_layers):
         if layer == n_layers:
@@ -174,20 +209,26 @@ Value nodes start at the forward activity (`initial_state = "forward"`).
             slope.append(act.fprime(u))
         return mu, slope
 
-    def local_factors(self, x, W, b, xbar, fp, network, predictions=None):
+    def _simulated_predictions(self, raw, n_layers):
+        """The simulated ``mu = Phi xbar`` of every layer (error connections), else None."""
+        if self.error_units != "connected" or raw is None:
+            return None
+        return [raw[f"layer{l}.mu"] for l in range(n_layers + 1)]
+
+    def local_factors(self, x, W, b, xbar, fp, network, raw=None):
         n_layers = len(W)
         values = [xbar[0]] + list(x[1:])
-        mu, slope = self._predictions(values, W, b, xbar, network, predictions)
+        mu, slope = self._predictions(values, W, b, xbar, network, self._simulated_predictions(raw, n_layers))
         signal = [None] + [(mu[l] - values[l]) * self.layer_gains(l, n_layers)[1] for l in range(1, n_layers + 1)]
         if self.frozen_forward:
             return signal, fp, xbar
         return signal, slope, values
 
-    def signal_traces(self, xtrace, W, b, xbar, x_in, network, predictions=None):
+    def signal_traces(self, xtrace, W, b, xbar, x_in, network, raw=None):
         n_layers = len(W)
         records = len(xtrace[1])
         values = [np.broadcast_to(x_in, (records, len(x_in)))] + list(xtrace[1:])
-        mu, _ = self._predictions(values, W, b, xbar, network, predictions)
+        mu, _ = self._predictions(values, W, b, xbar, network, self._simulated_predictions(raw, n_layers))
         return [None] + [(mu[l] - values[l]) * self.layer_gains(l, n_layers)[1] for l in range(1, n_layers + 1)]
 
     # ------------------------------------------------------------------ numpy reference
@@ -252,7 +293,4 @@ Value nodes start at the forward activity (`initial_state = "forward"`).
         return values, signal, slope, pre, fwd, [None] + [np.array(t) for t in trace[1:]] if record else None
 
     def reference_update(self, network, W, b, B, x_in, targets, state=None):
-        phi = self.phi_list(state, len(W)) if state else None
-        _, signal, slope, pre, fwd, _ = self.reference_values(network, W, b, B, x_in, targets, phi=phi)
-        delta = [signal[l + 1] * slope[l + 1] for l in range(len(W))]
-        return [d.T @ pre[l] for l, d in enumerate(delta)], [d.sum(axis=0) for d in delta], fwd.xbar
+        return self.reference_step(network, W, b, B, state or {}, x_in, targets, 0.0)[:3]
