@@ -68,6 +68,10 @@ VARIANTS = {
     "pc-phi": {"rule": "pc", "pc.error_connections": "learned"},
     "dinv": {"rule": "dinv"},
     "dinv-repair": {"rule": "dinv", "dinv.feedback": "random", "dinv.repair": True},
+    "gait": {"rule": "gait"},
+    "gait-noreg": {"rule": "gait", "gait.orthogonal_reg": 0.0},
+    # backprop on the net a GAIT-prop tower computes with: models/digits_gait.toml's auxiliary units removed
+    "bp-effective": {"rule": "bp", "sizes": [64, 32, 10, 10]},
 }
 
 #: per model name, variant overrides picked by the hyper-parameter sweeps (README, "Rule comparison"):
@@ -105,6 +109,9 @@ LABELS = {
     "pc-phi": "PC, learned error connections",
     "dinv": "dynamic inversion",
     "dinv-repair": "DI, random B + repair",
+    "gait": "GAIT-prop (tower)",
+    "gait-noreg": "GAIT-prop, no orthogonality penalty",
+    "bp-effective": "backprop, the tower's effective net",
 }
 
 
@@ -112,18 +119,17 @@ def simulate(model: str, seeds: list, variants: list, out_root: Path, epochs: in
     """Train every variant and seed; finished runs are kept, interrupted ones resumed."""
     from arsim import config as config_mod
     from arsim.experiment import CHECKPOINT, train
+    from arsim.spec import Experiment
 
     for variant in variants:
         for seed in seeds:
-            name = config_mod.load(model)["name"]
-            keys = {**VARIANTS[variant], **TUNED.get(name, {}).get(variant, {})}
-            overrides = [f"{k}={json.dumps(v) if isinstance(v, str) else (str(v).lower() if isinstance(v, bool) else repr(v))}"
-                         for k, v in keys.items()]
-            overrides.append(f"seed={seed}")
+            base = Experiment.from_config(config_mod.load(model))
+            keys = {**VARIANTS[variant], **TUNED.get(base.name, {}).get(variant, {}), "seed": seed}
             if epochs is not None:
-                overrides.append(f"train.epochs={epochs}")
-            config = config_mod.load(model, overrides)
-            out = out_root / config["name"] / f"{variant}-seed{seed}"
+                keys["train.epochs"] = epochs
+            # a variant of another rule drops the model's rule table (Experiment.replace)
+            config = base.replace(**keys)
+            out = out_root / config.name / f"{variant}-seed{seed}"
             print(f"== {variant}, seed {seed} -> {out}", file=sys.stderr)
             if (out / DIVERGED).exists():
                 print(f"   diverged earlier: {(out / DIVERGED).read_text().strip()}", file=sys.stderr)
