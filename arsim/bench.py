@@ -55,6 +55,7 @@ from .brian.network import Topology, topology_for
 from .reference import oracle
 from .reference.euler import relax_euler
 from .relax import draw_problem, network_params
+from .rules import RULES
 from .spec import Experiment
 from .training import BrianTrainer, epoch_order, init_params, train_topology
 
@@ -177,7 +178,9 @@ def bench_training(experiment: Experiment, repeat: int, n_samples: int, build_ro
     batch = experiment.training.batch_size
     sizes = experiment.network.sizes
     n_samples = max(batch, (n_samples // batch) * batch)
-    trainer = BrianTrainer(experiment, n_samples, runner=StandaloneRunner(train_topology(experiment, n_samples), cache_dir=build_root))
+    # a rule that changes its weights between runs (GAIT-prop's inverses) trains one batch per run, as arsim train does
+    per_run = batch if experiment.rule.updates_between_runs else n_samples
+    trainer = BrianTrainer(experiment, per_run, runner=StandaloneRunner(train_topology(experiment, per_run), cache_dir=build_root))
     compile_seconds = trainer.runner.manifest["compile_seconds"]
     rng = np.random.default_rng([experiment.seed, 9])
     x = rng.uniform(0.0, 1.0, size=(n_samples, sizes[0]))
@@ -193,7 +196,10 @@ def bench_training(experiment: Experiment, repeat: int, n_samples: int, build_ro
     brian_times, numpy_times = [], []
     for _ in range(repeat):
         t0 = time.perf_counter()
-        trained = trainer.run_chunk(params, x, targets, noise=noise).params
+        trained = params
+        for first in range(0, n_samples, per_run):
+            rows = slice(first, first + per_run)
+            trained = trainer.run_chunk(trained, x[rows], targets[rows], first_batch=first // batch, noise=noise).params
         brian_times.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         reference = rule.reference_epoch(experiment, numpy_params, numpy_x, numpy_targets, noise=noise)
@@ -326,8 +332,8 @@ def run_bench(sizes: list, steps: int = 100, repeat: int = 5, train_samples: int
                 for key, parallel in TRAINING_MODES[projection]:
                     part[key] = bench_training(experiment.replace(**{"train.parallel": parallel}), repeat, train_samples, build_root)
         for rule in rules:
-            experiment = bench_experiment(sizes, steps, batch, {**(overrides or {}), "projection": "dense", "rule": rule,
-                                                                "train.parallel": "batch"})
+            experiment = bench_experiment(sizes, steps, batch, {**(overrides or {}), **RULES[rule].bench_keys,
+                                                                "projection": "dense", "rule": rule, "train.parallel": "batch"})
             result.setdefault("rules", {})[rule] = bench_training(experiment, repeat, train_samples, build_root)
     return result
 
@@ -340,7 +346,7 @@ def format_table(result: dict) -> str:
         f" BLAS threads: numpy {','.join(map(str, result['blas_threads']['numpy']))}, Brian2 {result['blas_threads']['brian2']}",
         f"BLAS: numpy {', '.join(result['blas']['numpy'])}; Brian2 {result['blas']['brian2']}",
     ]
-    for projection, part in result["projections"].items():
+    for projection, part in result.get("projections", {}).items():
         relax = part.get("relaxation")
         if relax:
             r = relax["ratio_brian2_over_numpy"]

@@ -34,6 +34,15 @@ def test_bench_reports_ratios_of_checked_equal_work(tiny_result):
     assert "batch of 4 at once" in text and "sample by sample" in text
 
 
+def test_bench_rule_rows_train_gait_one_batch_per_run_as_arsim_train_does(build_dir):
+    """GAIT-prop recomputes its inverses between runs: the Brian2 side runs batch by batch and still equals the reference."""
+    result = bench.run_bench([6, 5, 4, 3], steps=7, repeat=1, train_samples=8, batch=4, build_root=build_dir, projections=(),
+                             parts=("train",), rules=("gait",))
+    gait = result["rules"]["gait"]
+    assert gait["samples"] == 8 and gait["max_abs_deviation"] <= 1e-9
+    assert "[rule = gait] training" in bench.format_table(result)
+
+
 def test_bench_refuses_to_compare_unequal_work(monkeypatch, build_dir):
     """If the numpy side computed something else, no ratio is reported."""
     original = bench.relax_euler

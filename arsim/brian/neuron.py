@@ -50,7 +50,11 @@ current ``f(anow + b)`` under strict PC),
 
     tau dx/dt = relaxing * (-leak err + fb),
 
-where ``relaxing`` is 1 for hidden units during the relaxation steps of a
+For GAIT-prop (SPEC 3.8) the first form holds with ``x`` the displacement
+``xbar - t`` of the layer's target, started at 0; its ``fb`` carries the
+inverse map of the layer above (`arsim.rules.gait`).
+
+Here ``relaxing`` is 1 for hidden units during the relaxation steps of a
 sample and 0 otherwise (input, output clamp, forward-sweep step). Phases are
 gated by the integer step counter ``t_in_timesteps`` of the single network
 clock, never by a second clock, so phases cannot drift.

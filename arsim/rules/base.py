@@ -147,6 +147,8 @@ class Rule:
     controllers: ClassVar[bool] = False
     #: the rule's own trainable state (`initial_state`) learns during training
     learns_state: ClassVar[bool] = False
+    #: model keys `arsim bench --rule` sets for this rule (the benchmark net is ReLU otherwise)
+    bench_keys: ClassVar[dict] = {}
 
     def __init__(self, settings: dict | None = None, derivative: bool = True, ordering: str = "synchronous",
                  forward: str = "frozen", feedback: str = "transpose"):

@@ -43,6 +43,9 @@ breaks; a warning is printed when `gamma^(L-1)` nears the floating-point cancell
         # the feedback carries the inverse map, not x f': no derivative factor on top of it
         self.derivative = False
 
+    #: the benchmark net (784-300-300-100-10) is a tower; it needs an invertible activation
+    bench_keys = {"activation": "leaky_relu", "leaky_slope": 0.1, "init": "orthogonal"}
+
     #: the relative rounding error ``u / gamma^(L-1)`` of the bottom layer's error above which a run is warned
     CANCELLATION_WARNING = 1e-6
 
