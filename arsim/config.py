@@ -305,7 +305,7 @@ def _check_relations(config: dict, source: str) -> None:
     for key, (value, why) in rule.required_keys(settings).items():
         if config[key] != value:
             raise ConfigError(f"{source}: {key} = {config[key]!r} with rule = {config['rule']!r}; expected {key} = {value!r} ({why})")
-    problem = rule.check_config(config)
+    problem = rule.check_network(config["sizes"], config["activation"], config["output_activation"], config["leaky_slope"])
     if problem:
         raise ConfigError(f"{source}: {problem}")
     if config["projection"] not in rule.projections:

@@ -355,8 +355,8 @@ class Rule:
         return out
 
     @classmethod
-    def check_config(cls, config: dict) -> str | None:
-        """A one-line reason why this rule cannot run the resolved ``config`` (None: it can); `arsim.config` refuses it."""
+    def check_network(cls, sizes, activation: str, output_activation: str, leaky_slope: float) -> str | None:
+        """A one-line reason why this rule cannot run a network of these keys (None: it can); `arsim.config` refuses it."""
         return None
 
     def config_warnings(self, network) -> list:

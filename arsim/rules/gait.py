@@ -50,16 +50,15 @@ breaks; a warning is printed when `gamma^(L-1)` nears the floating-point cancell
     CANCELLATION_WARNING = 1e-6
 
     @classmethod
-    def check_config(cls, config):
+    def check_network(cls, sizes, activation, output_activation, leaky_slope):
         from ..activations import INVERTIBLE
 
-        for key in ("activation", "output_activation"):
-            if config[key] not in INVERTIBLE:
-                return (f"{key} = {config[key]!r} with rule = 'gait'; expected an invertible activation:"
+        for key, value in (("activation", activation), ("output_activation", output_activation)):
+            if value not in INVERTIBLE:
+                return (f"{key} = {value!r} with rule = 'gait'; expected an invertible activation:"
                         f" {', '.join(repr(a) for a in INVERTIBLE)} (targets pass through f^-1)")
-        if config["activation"] == "leaky_relu" and config["leaky_slope"] <= 0:
+        if "leaky_relu" in (activation, output_activation) and leaky_slope <= 0:
             return "leaky_slope = 0 with rule = 'gait'; expected 0 < leaky_slope < 1 (the leaky ReLU must be invertible)"
-        sizes = config["sizes"]
         for l in range(1, len(sizes) - 1):
             if sizes[l + 1] > sizes[l]:
                 return (f"sizes = {list(sizes)}: layer {l} (W^{l}) is {sizes[l + 1]} x {sizes[l]} with rule = 'gait';"
