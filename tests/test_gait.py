@@ -100,7 +100,7 @@ def test_runtime_device_equals_the_numpy_target_loop():
     experiment = E(config)
     result = run_relaxation(config, device="runtime")
     p = result.problem
-    t, fwd, trace = experiment.rule.reference_targets(experiment.network, p.W, p.b, p.B, p.x_in[None], p.target[None], record=True)
+    t, fwd, trace = experiment.rule.reference_displacements(experiment.network, p.W, p.b, p.B, p.x_in[None], p.target[None], record=True)
     for l in range(1, len(SIZES)):
         gain = GAMMA ** -(len(SIZES) - 1 - l)
         expected = trace[l][:, 0] * gain
@@ -154,7 +154,8 @@ def test_one_training_run_is_the_authors_update_plus_the_orthogonality_penalty(t
     x = rng.uniform(0, 1, size=(16, 64))
     targets = np.eye(10)[rng.integers(10, size=16)]
     start = init_params(experiment)
-    trained = BrianTrainer(experiment, 16).run_chunk(start, x, targets).params
+    trainer = BrianTrainer(experiment, 16)
+    trained = trainer.run_chunk(start, x, targets).params
     fwd = oracle.forward(start.W, start.b, x, net.hidden, net.output, net.loss)
     expected = gait_pass(start.W, start.b, fwd, oracle.output_error(fwd.xbar[-1], targets, net.loss), 0.01, "leaky_relu",
                          0.1, "linear")
@@ -167,6 +168,24 @@ def test_one_training_run_is_the_authors_update_plus_the_orthogonality_penalty(t
             # the test can fail: the penalty moved W by far more than the tolerance
             assert np.max(np.abs(lr * penalty)) > 1e-4
             np.testing.assert_allclose(trained.B[l] @ trained.W[l], np.eye(10), rtol=0, atol=1e-10)
+    # the next run, handed back the stabilised weights, does not invert them again; a copy of them is inverted
+    calls = []
+    stabilise = experiment.rule.stabilise
+    trainer.rule.stabilise = lambda *a: calls.append(a[3]) or stabilise(*a)
+    again = trainer.run_chunk(trained, x, targets).params
+    assert len(calls) == 1 and calls[0].startswith("after"), calls
+    fresh = trainer.run_chunk(trained.copy(), x, targets).params
+    assert len(calls) == 3 and calls[1].startswith("before"), calls
+    for l in range(3):
+        np.testing.assert_array_equal(again.W[l], fresh.W[l])
+        np.testing.assert_array_equal(again.B[l], fresh.B[l])
+
+
+def test_non_finite_weights_at_initialisation_raise_one_line():
+    rule = E(_config(2, 1.0)).rule
+    W = [np.ones((8, 6)), np.full((8, 8), np.nan), np.eye(8)]
+    with pytest.raises(FloatingPointError, match=r"W\^1 holds NaN or Inf at initialisation"):
+        rule.initial_backward(W, None, 0.1)
 
 
 def test_arsim_train_counts_kink_crossings_per_epoch_and_replays_in_numpy(tmp_path, capfd):
