@@ -85,6 +85,7 @@ def generated(request, tmp_path_factory):
     info["objects.h"] = (directory / "objects.h").read_text()
     info["objects.cpp"] = (directory / "objects.cpp").read_text()
     info["main.cpp"] = (directory / "main.cpp").read_text()
+    info["makefile"] = (directory / "makefile").read_text()
     info["code_objects"] = {path.name: path.read_text() for path in (directory / "code_objects").glob("*.cpp")}
     return info
 
@@ -163,3 +164,12 @@ def test_run_time_argument_names_and_result_files_are_what_the_runner_uses(gener
         assert f'results_dir + "{filename}"' in objects, _unsupported(
             f"the binary does not write {obj}.{var} to results_dir/get_array_filename(...) = {filename!r}"
         )
+
+
+def test_makefile_names_its_compiler_flags_on_an_optimisations_line(generated):
+    """`arsim.brian.devices._make` precompiles the common headers with the flags of this line (else it builds without)."""
+    makefile = generated["makefile"]
+    match = re.search(r"^OPTIMISATIONS = (.*)$", makefile, re.MULTILINE)
+    assert match and "-O" in match.group(1), _unsupported("the makefile has no 'OPTIMISATIONS = <flags>' line")
+    assert re.search(r"^CXXFLAGS = .*\$\(OPTIMISATIONS\)", makefile, re.MULTILINE), _unsupported(
+        "the makefile's CXXFLAGS do not use $(OPTIMISATIONS)")

