@@ -22,8 +22,17 @@ SMALL_NET = [6, 5, 4, 3, 2]
 
 @pytest.fixture(scope="session", autouse=True)
 def build_dir(tmp_path_factory):
-    """Compile into a session-private cache (also seen by CLI subprocesses)."""
-    path = tmp_path_factory.mktemp("arsim_builds")
+    """Compile into a session-private cache (also seen by CLI subprocesses).
+
+    Under pytest-xdist the workers share one cache (the run's common temporary
+    directory): a build one worker compiled, the others reuse, and the
+    runner's lock lets only one of them compile it.
+    """
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        path = tmp_path_factory.getbasetemp().parent / "arsim_builds"
+        path.mkdir(exist_ok=True)
+    else:
+        path = tmp_path_factory.mktemp("arsim_builds")
     old = os.environ.get("ARSIM_BUILD_DIR")
     os.environ["ARSIM_BUILD_DIR"] = str(path)
     yield path
