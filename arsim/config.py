@@ -89,8 +89,12 @@ def _sizes(value):
     return None
 
 
+#: what every rule's monitors can record; a rule may add its own (`arsim.rules.base.Rule.recordable`, checked with the rule)
+RECORDABLE = ("x", "fb")
+
+
 def _record_variables(value):
-    allowed = ("x", "fb")
+    allowed = RECORDABLE + tuple(dict.fromkeys(v for cls in RULES.values() for v in cls.recordable))
     if "x" not in value or not all(isinstance(v, str) and v in allowed for v in value):
         return "a list containing 'x', drawn from " + ", ".join(repr(a) for a in allowed)
     return None
@@ -149,7 +153,8 @@ SCHEMA: dict[str, Key] = {
     "train.data": Key(str, "digits", _data_spec, "training data: digits, mnist5k or idx:DIRECTORY (MNIST/Fashion-MNIST IDX files)"),
     "train.epochs": Key(int, 10, _at_least_one, "training epochs"),
     "train.batch_size": Key(int, 64, _at_least_one, "samples per update (updates summed over the batch)"),
-    "train.lr": Key(float, 5e-4, _positive, "SGD learning rate (summed loss)"),
+    "train.lr": Key(float, 5e-4, lambda v: None if v >= 0 and math.isfinite(v) else "a finite number >= 0",
+                    "SGD learning rate (summed loss); 0 freezes W and b (e.g. PAL's backward-only learning)"),
     "train.test_fraction": Key(float, 0.2, lambda v: None if 0 < v < 1 else "a number in (0, 1)", "held-out fraction for digits and mnist5k"),
     "train.max_samples": Key(int, 0, _non_negative_int, "use at most this many training samples (0: all)"),
     "train.align_every": Key(int, 10, _non_negative_int, "measure the update's angle to BP every this many batches (0: never)"),
@@ -302,10 +307,15 @@ def _check_relations(config: dict, source: str) -> None:
                     f" {key} = {SCHEMA[key].default!r} (its backward pathway is the rule's own)"
                 )
     settings = {key: config[f"{config['rule']}.{key}"] for key in rule.params}
+    for variable in config["record.variables"]:
+        if variable not in RECORDABLE + rule.recordable:
+            raise ConfigError(f"{source}: record.variables names {variable!r} with rule = {config['rule']!r}; expected a list"
+                              f" drawn from {', '.join(repr(v) for v in RECORDABLE + rule.recordable)}")
     for key, (value, why) in rule.required_keys(settings).items():
         if config[key] != value:
             raise ConfigError(f"{source}: {key} = {config[key]!r} with rule = {config['rule']!r}; expected {key} = {value!r} ({why})")
-    problem = rule.check_network(config["sizes"], config["activation"], config["output_activation"], config["leaky_slope"])
+    problem = (rule.check_network(config["sizes"], config["activation"], config["output_activation"], config["leaky_slope"])
+               or rule.check_timing(settings, config["dt"]))
     if problem:
         raise ConfigError(f"{source}: {problem}")
     if config["projection"] not in rule.projections:

@@ -88,9 +88,20 @@ def _check_finite(params: Params, where: str) -> str | None:
     return None
 
 
-def _locate_divergence(experiment: Experiment, params: Params, x, targets, epoch: int, first_batch: int, noise=None) -> str:
-    """Replay a diverged stretch batch by batch in numpy to name the first bad batch and layer."""
+def _locate_divergence(experiment: Experiment, params: Params, x, targets, epoch: int, first_batch: int, noise=None,
+                       diverged: Params | None = None) -> str:
+    """Replay a diverged stretch batch by batch in numpy to name the first bad batch and layer.
+
+    A stochastic rule's noise is Brian2's own draw, which numpy cannot
+    replay: its report names the run's batches and the first layer whose
+    weights ``diverged`` holds NaN/Inf.
+    """
     found = []
+    n_batches = len(x) // experiment.training.batch_size
+    if experiment.rule.stochastic:
+        layer = _check_finite(diverged, f"epoch {epoch}, batches {first_batch + 1}..{first_batch + n_batches}") if diverged else None
+        return (f"{layer or f'epoch {epoch}, batches {first_batch + 1}..{first_batch + n_batches}'}"
+                " (the run's noise is Brian2's own draw: not replayed batch by batch)")
 
     def after_batch(index, state):
         if not found:
@@ -98,7 +109,6 @@ def _locate_divergence(experiment: Experiment, params: Params, x, targets, epoch
             if where:
                 found.append(where)
 
-    n_batches = len(x) // experiment.training.batch_size
     try:
         with np.errstate(all="ignore"):
             experiment.rule.reference_epoch(experiment, params, x, targets, noise=noise, after_batch=after_batch)
@@ -295,7 +305,8 @@ def train(experiment, out_dir, resume: bool = False, device: str = "cpp", progre
                     with np.errstate(all="ignore"):
                         params = bp_epoch(experiment, params, x[rows_slice], targets[rows_slice])
                 if _check_finite(params, ""):
-                    where = _locate_divergence(experiment, before, x[rows_slice], targets[rows_slice], epoch, first, noise)
+                    where = _locate_divergence(experiment, before, x[rows_slice], targets[rows_slice], epoch, first, noise,
+                                               diverged=params)
                     raise FloatingPointError(f"NaN/Inf in the weights at {where}; lower train.lr or init_std")
                 bar.update(per_run * batch)
             seconds = time.perf_counter() - started

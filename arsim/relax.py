@@ -16,12 +16,13 @@ from . import metrics
 from .activations import ACTIVATION_CODES
 from .brian.devices import Runner, get_runner
 from .brian.network import DT_INTERNAL, Topology, topology_for
+from .brian.neuron import run_time_terms
 from .initialise import forward_weights
 from .reference import oracle
 from .rules import Rule
 from .spec import Experiment, NetworkSpec
 
-__all__ = ["Problem", "draw_problem", "run_relaxation", "RelaxResult", "network_params", "layer_table"]
+__all__ = ["Problem", "draw_problem", "noise_seed", "run_relaxation", "RelaxResult", "network_params", "layer_table"]
 
 
 @dataclass
@@ -35,6 +36,8 @@ class Problem:
     target: np.ndarray
     #: the rule's own arrays (`arsim.rules.base.Rule.initial_state`)
     state: dict = field(default_factory=dict)
+    #: the seed of a stochastic rule's noise in this run (`arsim.rules.base.Rule.stochastic`)
+    noise_seed: int = 0
 
 
 def draw_problem(experiment: Experiment) -> Problem:
@@ -62,7 +65,12 @@ def draw_problem(experiment: Experiment) -> Problem:
         x_in = rng.uniform(0.0, 1.0, size=sizes[0])
     target = np.zeros(sizes[-1])
     target[rng.integers(sizes[-1])] = 1.0
-    return Problem(W=W, b=b, B=B, x_in=x_in, target=target, state=state)
+    return Problem(W=W, b=b, B=B, x_in=x_in, target=target, state=state, noise_seed=noise_seed(experiment.seed))
+
+
+def noise_seed(*keys: int) -> int:
+    """A 31-bit seed (Brian2's integer is int32) of a stochastic rule's noise from integer ``keys`` (seed, epoch, batch)."""
+    return int(np.random.SeedSequence([7919, *keys]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
 def network_params(topo: Topology, network: NetworkSpec, problem: Problem, n_relax: int | None = None,
@@ -93,6 +101,13 @@ def network_params(topo: Topology, network: NetworkSpec, problem: Problem, n_rel
         params[f"layer{layer}.signal_gain"] = np.array([signal_gain])
         if layer >= 1:
             params[f"layer{layer}.b"] = problem.b[layer - 1]
+        values = rule.neuron_parameters(network, layer, topo.n_layers)
+        for name, kind in run_time_terms(rule.neuron_terms(), rule.stochastic).items():
+            if name == "noise_seed":
+                params[f"layer{layer}.noise_seed"] = np.array([problem.noise_seed])
+            else:
+                # a time constant is given in units of dt: the clock's step is DT_INTERNAL seconds
+                params[f"layer{layer}.{name}"] = np.array([values[name] * (DT_INTERNAL if kind == "time" else 1.0)])
     if rule.controllers:
         for layer in range(2, topo.n_layers + 1):
             params[f"ctrl{layer}.tau"] = np.array([DT_INTERNAL / eta])

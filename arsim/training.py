@@ -26,7 +26,7 @@ from .brian.devices import Runner, get_runner
 from .brian.network import DT_INTERNAL, Topology, topology_for
 from .initialise import forward_weights
 from .reference import oracle
-from .relax import Problem, network_params
+from .relax import Problem, network_params, noise_seed
 from .spec import Experiment, NetworkSpec
 
 __all__ = ["Params", "init_params", "epoch_order", "chunk_batches", "train_topology", "BrianTrainer", "ChunkResult", "bp_epoch", "evaluate"]
@@ -181,13 +181,14 @@ class BrianTrainer:
         n_batches = self.topology.samples_per_run // self.experiment.training.batch_size
         return self.rule.mirror_noise(rng, n_batches, self.experiment.network.sizes)
 
-    def params_for_run(self, params: Params, x: np.ndarray, targets: np.ndarray, noise: dict | None = None) -> dict:
-        """Run-time arrays of one run: those of a relaxation plus the learning parameters."""
+    def params_for_run(self, params: Params, x: np.ndarray, targets: np.ndarray, noise: dict | None = None,
+                       seed: int = 0) -> dict:
+        """Run-time arrays of one run: those of a relaxation plus the learning parameters (``seed``: a stochastic rule's)."""
         topo, net, training = self.topology, self.experiment.network, self.experiment.training
         # sample p * copies + c is copy c of period p: the rows of x, flattened, are the input rows
         b = [np.tile(v, topo.copies) for v in params.b]
-        out = network_params(topo, net, Problem(W=params.W, b=b, B=params.B, x_in=x, target=targets, state=params.state),
-                             rule=self.rule)
+        problem = Problem(W=params.W, b=b, B=params.B, x_in=x, target=targets, state=params.state, noise_seed=seed)
+        out = network_params(topo, net, problem, rule=self.rule)
         for layer in range(topo.n_layers + 1):
             # AR and its peers train from the forward state, as their numpy references do (the rule decides)
             out[f"layer{layer}.x_start"] = np.array([self.rule.x_start(net.initial_state, training=True)])
@@ -229,7 +230,9 @@ class BrianTrainer:
             params = dataclasses.replace(params, B=B)
         net = self.experiment.network
         diagnostics = self.rule.diagnostics(net, params.W, params.b, params.B, x, targets)
-        raw = self.runner.run(self.params_for_run(params, x, targets, noise))
+        # a stochastic rule's noise: a stream per (seed, epoch, first batch), so a resumed run draws the same
+        seed = noise_seed(self.experiment.seed, epoch, first_batch)
+        raw = self.runner.run(self.params_for_run(params, x, targets, noise, seed=seed))
         seconds = time.perf_counter() - started
         sizes = topo.sizes
         W = [raw[f"proj{l}.w"].reshape(sizes[l + 1], sizes[l]) for l in range(topo.n_layers)]

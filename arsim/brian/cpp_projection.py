@@ -63,8 +63,8 @@ import numpy as np
 from ..rules.base import PLASTICITY_SCALARS
 
 
-__all__ = ["TICK_EQUATION", "add_dense_projection", "add_dense_plasticity", "add_controller_drive", "add_error_connections",
-           "blas_compiler_kwds"]
+__all__ = ["TICK_EQUATION", "add_dense_projection", "add_dense_plasticity", "add_controller_drive",
+           "add_error_connections", "add_drive", "add_operation", "add_noise_seed", "blas_compiler_kwds"]
 
 #: shared variable of a dense projection on which the mat-vec functions are called
 TICK_EQUATION = "proj_tick : 1 (shared)"
@@ -109,6 +109,15 @@ def blas_compiler_kwds() -> dict:
         "library_dirs": [lib_dir],
         "runtime_library_dirs": [lib_dir],
     }
+
+
+def _array_name(device, owner, var: str) -> str:
+    """C++ expression of the array of ``owner.var``: a pointer for neuron variables, ``.data()`` of synaptic ones."""
+    from brian2 import Synapses
+
+    if isinstance(owner, Synapses):
+        return f"brian::{device.get_array_name(owner.variables[var], access_data=False)}.data()"
+    return f"brian::{device.get_array_name(owner.variables[var])}"
 
 
 def _names(device, syn, pre, post) -> dict:
@@ -444,9 +453,10 @@ def _drive_function(syn, pre, post, source: str, target: str, copies: int):
     if _standalone():
         names = _names(get_device(), syn, pre, post)
         template = _DRIVE_GEMM_CPP if copies > 1 else _DRIVE_CPP
+        device = get_device()
         code = template.format(
-            **_types(), func=func, w=names["w"], source=source, target=target, source_pre=names[f"{source}_pre"],
-            target_post=names[f"{target}_post"], n_pre=n_pre, n_post=n_post, copies=copies,
+            **_types(), func=func, w=names["w"], source=source, target=target, source_pre=_array_name(device, pre, source),
+            target_post=_array_name(device, post, target), n_pre=n_pre, n_post=n_post, copies=copies,
         )
         _add_cpp(function, code, func, blas=copies > 1)
     return function
@@ -814,3 +824,111 @@ def add_error_connections(syn, group, sample_dt, order: int, copies: int = 1, le
     syn.namespace[learn] = function
     syn.run_regularly(f"proj_tick = {learn}(proj_tick, t_in_timesteps, steps_per_sample_post, batch_size_post, lr_post,"
                       " err_gain_post)", dt=sample_dt, when="start", order=learn_order, name=learn)
+
+
+# ---------------------------------------------------------------------------- a rule's own operations
+
+
+def add_drive(syn, pre, post, source: str, target: str, copies: int, when: str = "start", order: int = 0, dt=None) -> None:
+    """Schedule ``target_post = W source_pre`` (every copy) over the weights ``w`` of ``syn`` at (``when``, ``order``).
+
+    Every step, or every ``dt``; the mat-vec of `add_dense_projection`'s drives for any pair of variables.
+    """
+    name = f"{syn.name}_{target}"
+    syn.namespace[name] = _drive_function(syn, pre, post, source, target, copies)
+    syn.run_regularly(f"proj_tick = {name}(proj_tick)", dt=dt, when=when, order=order, name=name)
+
+
+def add_operation(syn, name: str, arrays: dict, numpy_body, cpp_body: str, copies: int, arguments: dict | None = None,
+                  when: str = "groups", order: int = 0, blas: bool = False) -> None:
+    """Schedule a rule's operation on projection ``syn`` every step, written in C++ (numpy on the runtime device).
+
+    The rule never sees Brian2's generated array names: it names the arrays it
+    needs and this function binds them.
+
+    Parameters
+    ----------
+    syn : Synapses
+        The projection (holding ``TICK_EQUATION``, with a namespace of its own).
+    name : str
+        Name of the operation (unique per projection).
+    arrays : dict
+        ``{local: (role, variable)}`` with role ``"syn"``, ``"pre"`` or
+        ``"post"``: in ``cpp_body`` ``local`` is a ``real*`` to the array (a
+        synaptic variable's ``n_post x n_pre`` layout, every copy of a
+        neuron variable); ``numpy_body`` receives the live arrays by ``local``.
+    numpy_body : callable
+        ``numpy_body(arrays, **arguments)`` for the runtime device.
+    cpp_body : str
+        C++ statements; ``{real}`` and ``{gemm}`` are the floating-point type
+        and its CBLAS ``gemm``, ``{copies}``, ``{n_pre}``, ``{n_post}`` the shapes.
+    copies : int
+        Parallel copies of the layers (a batch in training).
+    arguments : dict
+        ``{argument: (Brian2 expression, "float" | "integer")}`` evaluated on
+        the projection each call (e.g. ``"b_rate_post"``).
+    """
+    from brian2 import get_device
+
+    arguments = arguments or {}
+    pre, post = syn.source, syn.target
+    objects = {"syn": syn, "pre": pre, "post": post}
+    func = f"arsim_{syn.name}_{name}"
+
+    def numpy_operation(tick, *values):
+        live = {local: objects[role].variables[var].get_value() for local, (role, var) in arrays.items()}
+        numpy_body(live, **dict(zip(arguments, values)))
+        return tick
+
+    function = _function(numpy_operation, ["float"] + [kind for _, kind in arguments.values()])
+    if _standalone():
+        device = get_device()
+        real = _real()
+        n_pre, n_post = len(pre) // copies, len(post) // copies
+        declarations = "\n    ".join(f"{real}* __restrict {local} = {_array_name(device, objects[role], var)};"
+                                      for local, (role, var) in arrays.items())
+        parameters = "".join(f", const {'int64_t' if kind == 'integer' else 'double'} {arg}"
+                             for arg, (_, kind) in arguments.items())
+        body = cpp_body.format(**_types(), copies=copies, n_pre=n_pre, n_post=n_post)
+        code = f"static double {func}(const double tick{parameters})\n{{\n    {declarations}\n{body}\n    return tick;\n}}\n"
+        _add_cpp(function, code, func, blas=blas)
+    syn.namespace[func] = function
+    call = ", ".join(["proj_tick"] + [expression for expression, _ in arguments.values()])
+    syn.run_regularly(f"proj_tick = {func}({call})", when=when, order=order, name=f"{syn.name}_{name}")
+
+
+_SEED_CPP = """
+static double {func}(const double tick, const int64_t t_step, const int64_t seed)
+{{
+    // the first step of a run seeds Brian2's generators (one per OpenMP thread) from the run-time seed:
+    // a compiled binary otherwise seeds them from std::random_device, a new stream every run
+    if (t_step == 0)
+        for (size_t i = 0; i < brian::_random_generators.size(); i++)
+            brian::_random_generators[i].seed((unsigned long)seed + i);
+    return tick;
+}}
+"""
+
+
+def add_noise_seed(group, order: int) -> None:
+    """Seed the noise of a run from ``group``'s integer ``noise_seed`` at its first step (slot ``start``, ``order``).
+
+    ``group`` holds ``seed_tick`` and ``noise_seed`` (`arsim.brian.neuron.SEED_EQUATION`). In C++ it reseeds
+    ``brian::_random_generators``, the generator Brian2's ``xi`` and
+    ``randn`` draw from (a device internal, guarded by
+    ``tests/test_brian_internals.py``); on the runtime device it seeds
+    numpy's global generator, which Brian2's numpy target draws from.
+    """
+
+    def numpy_seed(tick, t_step, seed):
+        if int(t_step) == 0:
+            np.random.seed(int(seed) % 2**32)
+        return tick
+
+    func = f"arsim_{group.name}_seed"
+    function = _function(numpy_seed, ["float", "integer", "integer"])
+    if _standalone():
+        _add_cpp(function, _SEED_CPP.format(func=func), func)
+    group.namespace[func] = function
+    group.run_regularly(f"seed_tick = {func}(seed_tick, t_in_timesteps, noise_seed)", when="start", order=order,
+                        name=f"{group.name}_seed")

@@ -43,6 +43,7 @@ import numpy as np
 
 from .. import __version__
 from .network import Topology, build_network
+from .neuron import run_time_terms
 from ..rules import PLASTICITY_SCALARS
 
 __all__ = ["Runner", "StandaloneRunner", "RuntimeRunner", "build_cache_dir", "get_runner", "BUILD_COUNTER"]
@@ -126,6 +127,9 @@ def _parameter_views(built):
     for group in (*built.layers, *built.controllers):
         for var in RUNTIME_NEURON_PARAMETERS:
             views[f"{group.name}.{var}"] = getattr(group, var)
+    for group in built.layers:
+        for var in built.rule_parameters:
+            views[f"{group.name}.{var}"] = getattr(group, var)
     for syn in built.projections:
         for var in syn.variables:
             if var in ("w", "wb", *PLASTICITY_SCALARS):
@@ -162,10 +166,12 @@ def parameter_sizes(topo: Topology) -> dict:
         "input_values": topo.samples_per_run * topo.sizes[0],
         "target_values": topo.samples_per_run * topo.sizes[-1],
     }
+    rule = topo.make_rule()
     for index, size in enumerate(topo.sizes):
         for var in RUNTIME_NEURON_PARAMETERS:
             sizes[f"layer{index}.{var}"] = topo.copies * size if var == "b" else 1
-    rule = topo.make_rule()
+        for var in run_time_terms(rule.neuron_terms(), rule.stochastic):
+            sizes[f"layer{index}.{var}"] = 1
     n_layers = topo.n_layers
     if rule.controllers:
         for index in range(2, n_layers + 1):
@@ -201,10 +207,13 @@ class Runner:
         """Return float64 copies of ``params``, raising ValueError on a wrong key or size."""
         sizes = self.parameter_sizes()
         checked = {}
+        rule = self.topology.make_rule()
+        integers = set(_INTEGER_PARAMETERS) | {k for k, kind in run_time_terms(rule.neuron_terms(), rule.stochastic).items()
+                                                if kind == "integer"}
         for key, value in params.items():
             if key not in sizes:
                 raise ValueError(f"unknown network parameter {key!r}; known: {', '.join(sorted(sizes))}")
-            integer = key.split(".")[-1] in _INTEGER_PARAMETERS
+            integer = key.split(".")[-1] in integers
             array = np.asarray(value, dtype=np.int64 if integer else np.float64)
             if array.size != sizes[key]:
                 raise ValueError(f"parameter {key!r} has {array.size} elements; the network needs {sizes[key]}")
@@ -418,7 +427,7 @@ class RuntimeRunner(Runner):
                 continue
             obj_name, var = key.split(".")
             obj = next(o for o in (*built.layers, *built.controllers, *built.projections, *built.noise_groups) if o.name == obj_name)
-            if var == "tau":
+            if obj.variables[var].dim == second.dim:  # tau and a rule's time constants: values in seconds
                 setattr(obj, var, value.item() * second)
             else:
                 setattr(obj, var, value if value.size > 1 else value.item())

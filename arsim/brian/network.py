@@ -51,11 +51,12 @@ import numpy as np
 from brian2 import Clock, NeuronGroup, Network, StateMonitor, Synapses, TimedArray, prefs, second
 
 from ..activations import ACTIVATION_CODES, brian_functions
-from .cpp_projection import TICK_EQUATION, add_controller_drive, add_dense_plasticity, add_dense_projection, add_error_connections
-from .neuron import neuron_equations, store_code
+from .cpp_projection import (TICK_EQUATION, add_controller_drive, add_dense_plasticity, add_dense_projection, add_drive,
+                             add_error_connections, add_noise_seed, add_operation)
+from .neuron import neuron_equations, run_time_terms, store_code
 from ..rules import PLASTICITY_SCALARS, Rule, make_rule
 
-__all__ = ["DT_INTERNAL", "Topology", "BuiltNetwork", "topology_for", "build_network", "projection_indices"]
+__all__ = ["DT_INTERNAL", "Topology", "BuiltNetwork", "NetworkParts", "topology_for", "build_network", "projection_indices"]
 
 DT_INTERNAL = 2.0**-10  # seconds; a binary fraction keeps clock arithmetic exact
 
@@ -165,6 +166,8 @@ class BuiltNetwork:
     input_values: TimedArray | None = None
     target_values: TimedArray | None = None
     duration: float = 0.0
+    #: the run-time scalars of the rule's neuron terms, ``{name: kind}`` (`arsim.brian.neuron.run_time_terms`)
+    rule_parameters: dict = field(default_factory=dict)
 
 
 def build_network(topo: Topology) -> BuiltNetwork:
@@ -197,7 +200,7 @@ def build_network(topo: Topology) -> BuiltNetwork:
         order = 0 if topo.ordering == "synchronous" else 2 * (n_layers - index)
         group = NeuronGroup(
             copies * size,
-            neuron_equations(rule.error_units),
+            neuron_equations(rule.error_units, rule.neuron_terms(), rule.stochastic),
             method="euler",
             namespace=namespace,
             order=order,
@@ -337,6 +340,10 @@ def build_network(topo: Topology) -> BuiltNetwork:
         norm_sum.when, norm_sum.order = "start", 3 * n_layers - 1
         extra.append(norm)
 
+    if rule.stochastic:
+        add_noise_seed(layers[0], order=ORDER_SEED)
+    rule.extend_network(NetworkParts(topo, layers, projections[:n_layers], copies, sample_dt))
+
     monitors = {}
     if topo.record_variables:
         for index in range(1, n_layers + 1):
@@ -386,11 +393,50 @@ def build_network(topo: Topology) -> BuiltNetwork:
         input_values=input_values,
         target_values=target_values,
         duration=topo.n_steps * DT_INTERNAL,
+        rule_parameters=run_time_terms(rule.neuron_terms(), rule.stochastic),
     )
 
 
 # start-slot orders of the plasticity operations: all before the forward sweep (orders >= 0)
-ORDER_CURRENT_DRIVE, ORDER_ACCUMULATE, ORDER_ALIGN, ORDER_APPLY = -40, -30, -20, -10
+ORDER_SEED, ORDER_CURRENT_DRIVE, ORDER_ACCUMULATE, ORDER_ALIGN, ORDER_APPLY = -100, -40, -30, -20, -10
+
+
+@dataclass
+class NetworkParts:
+    """What `arsim.rules.base.Rule.extend_network` may add operations to: the built layers and projections.
+
+    Schedule of one clock step, as the rule sees it: in slot ``start``,
+    ``ORDER_CURRENT_DRIVE`` (-40) precedes the plasticity of the sample that
+    just relaxed and the forward sweep (orders >= 0, step 0 of a sample
+    only); in slot ``groups`` the feedback sums run at order -1 and the
+    layers' state updates (``x``, and a rule's differential equations such
+    as an OU noise) at order 0, so orders 1, 2, ... see the step's new state.
+    """
+
+    topology: Topology
+    layers: list
+    #: ``proj0 .. proj{L-1}``: projection ``l`` holds ``W^l`` in ``w`` (and a rule's ``B^l`` in ``wb``)
+    projections: list
+    copies: int
+    sample_dt: object
+
+    ORDER_CURRENT_DRIVE = ORDER_CURRENT_DRIVE
+
+    def every_step(self, layer: int, code: str, order: int, name: str, when: str = "groups") -> None:
+        """Run Brian2 abstract ``code`` on every unit of ``layer`` at every step (slot ``when``, ``order``)."""
+        group = self.layers[layer]
+        group.run_regularly(code, when=when, order=order, name=f"{group.name}_{name}")
+
+    def drive(self, index: int, source: str, target: str, order: int, when: str = "start") -> None:
+        """Every step, ``target`` of layer ``index + 1`` = ``W^index`` times ``source`` of layer ``index`` (every copy)."""
+        syn = self.projections[index]
+        add_drive(syn, syn.source, syn.target, source, target, self.copies, when=when, order=order)
+
+    def operation(self, index: int, name: str, arrays: dict, numpy_body, cpp_body: str, arguments: dict | None = None,
+                  order: int = 0, when: str = "groups", blas: bool = False) -> None:
+        """An operation on projection ``index`` every step (`arsim.brian.cpp_projection.add_operation`)."""
+        add_operation(self.projections[index], name, arrays, numpy_body, cpp_body, self.copies, arguments=arguments,
+                      when=when, order=order, blas=blas)
 
 
 def _schedule_summed(syn, index: int, rule: Rule, sample_clock) -> None:

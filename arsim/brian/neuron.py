@@ -23,11 +23,13 @@ Parameter           Unit    Math            Default      Description
 ``mu``              1       Phi^l xbar^l    --           prediction through error connections (``error_connections`` not identity)
 ``err_gain``        1       pi_l = 1/sigma_l 1           precision of the layer's error (shared, error units)
 ``signal_gain``     1       sigma_L pi_l    1            learning signal -sigma_L eps per unit of (mu - x) (shared)
+``noise_seed``      1       --              0            seed of the noise of a stochastic rule (shared, integer; PAL)
 ``db_acc``          1       sum x fp        0            bias update accumulated over the batch
 ``lr``              1       lr              5e-4         learning rate (shared, training)
 ``batch_size``      1       --              64           samples per update (shared, training)
 ``learn_bias``      1       --              0 or 1       1 if the biases learn (shared, training)
 ``tau``             second  tau             10 ms        relaxation time constant (shared)
+(rule terms)        --      --              --           what a rule adds (`Rule.neuron_terms`: PAL's noise, rate, high-pass)
 ``n_relax``         1       N               duration/dt  relaxation steps per sample (shared)
 ``steps_per_sample`` 1      S               N + 1        clock steps per sample (shared)
 ==================  ======  ==============  ===========  ===========================================
@@ -64,7 +66,7 @@ from __future__ import annotations
 
 from brian2 import Equations
 
-__all__ = ["NEURON_EQUATIONS", "neuron_equations", "store_code"]
+__all__ = ["NEURON_EQUATIONS", "neuron_equations", "store_code", "run_time_terms"]
 
 NEURON_EQUATIONS = """
 dx/dt = relaxing * (fb - leak * {state}) / tau : 1
@@ -101,7 +103,11 @@ leak : 1 (shared, constant)
 PREDICTIONS = {"fixed": "xbar", "strict": "act_f(anow + b, act_kind, act_slope)", "connected": "mu"}
 
 
-def neuron_equations(error_units: str | None = None) -> Equations:
+#: the run-time seed of a stochastic rule's noise (`arsim.rules.base.Rule.stochastic`)
+SEED_EQUATION = "noise_seed : integer (shared, constant)\nseed_tick : 1 (shared)\n"
+
+
+def neuron_equations(error_units: str | None = None, terms: str = "", stochastic: bool = False) -> Equations:
     """Return the `Equations` of the arsim rate neuron.
 
     Parameters
@@ -111,13 +117,36 @@ def neuron_equations(error_units: str | None = None) -> Equations:
         feedback-alignment family); otherwise ``x`` is a value node and
         relaxes down the prediction error ``err = (x - mu) err_gain``, with
         ``mu`` of `PREDICTIONS` (predictive coding).
+    terms : str
+        Equation lines of the rule's own (`arsim.rules.base.Rule.neuron_terms`,
+        e.g. PAL's noise and high-pass).
+    stochastic : bool
+        Add the integer ``noise_seed`` the rule's noise is seeded from.
     """
+    extra = (terms.strip() + "\n" if terms.strip() else "") + (SEED_EQUATION if stochastic else "")
     if error_units is None:
-        return Equations(NEURON_EQUATIONS.format(state="x"))
+        return Equations(NEURON_EQUATIONS.format(state="x") + extra)
     error = f"err = (x - {PREDICTIONS[error_units]}) * err_gain : 1\n"
     if error_units == "connected":
         error += "mu : 1\n"
-    return Equations(NEURON_EQUATIONS.format(state="err") + error)
+    return Equations(NEURON_EQUATIONS.format(state="err") + error + extra)
+
+
+def run_time_terms(terms: str, stochastic: bool) -> dict:
+    """The run-time scalars a rule's terms add, ``{name: kind}`` with kind ``"integer"``, ``"time"`` or ``"float"``.
+
+    Read from the equations themselves (their shared constants, and
+    ``noise_seed``), so a rule declares each parameter once.
+    """
+    from brian2 import second
+    from brian2.equations.equations import INTEGER, PARAMETER
+
+    equations = Equations(terms.strip() + "\n" if terms.strip() else "") + Equations(SEED_EQUATION if stochastic else "")
+    kinds = {}
+    for name, eq in equations.items():
+        if eq.type == PARAMETER and "shared" in eq.flags and "constant" in eq.flags:
+            kinds[name] = "integer" if eq.var_type == INTEGER else "time" if eq.dim == second.dim else "float"
+    return kinds
 
 
 def store_code(role: str, loss: str = "mse", value_nodes: bool = False, connected: bool = False) -> str:

@@ -280,6 +280,40 @@ class Rule:
     def check_stability(self, W: list, B: list, eta: float, when: str) -> None:
         """Raise `FloatingPointError` (one line) if the rule's dynamics cannot converge with these weights."""
 
+    # ------------------------------------------------------------------ the rule's own terms of the neuron type
+
+    #: the rule's equations draw Brian2 noise (``xi``): every build then seeds its generator at the first
+    #: step from the run-time integer ``noise_seed`` of ``layer0``, so each run is reproducible bit for bit
+    stochastic: ClassVar[bool] = False
+    #: variables of `neuron_terms` that ``record.variables`` may name beside ``x`` and ``fb``
+    recordable: ClassVar[tuple] = ()
+
+    def neuron_terms(self) -> str:
+        """Equation lines this rule adds to the one neuron type (every layer of its builds), '' for none.
+
+        Shared scalars among them that `neuron_parameters` names are run-time
+        arguments of the compiled binary, like ``tau``.
+        """
+        return ""
+
+    def neuron_parameters(self, network, layer: int, n_layers: int) -> dict:
+        """Run-time values ``{name: value}`` of the shared scalars of `neuron_terms` for ``layer``.
+
+        ``network`` is the `arsim.spec.NetworkSpec`; a time constant (unit
+        second) is given in units of the model's ``dt`` (`arsim.brian.network`
+        turns it into the clock's seconds).
+        """
+        return {}
+
+    def extend_network(self, parts) -> None:
+        """Add the rule's own per-step operations to a network being built.
+
+        ``parts`` is an `arsim.brian.network.NetworkParts`: the layers and
+        projections by index, the schedule's orders, and methods that add an
+        operation written in C++ (numpy on the runtime device) without the
+        rule touching Brian2's generated names (`arsim.brian.cpp_projection`).
+        """
+
     # ------------------------------------------------------------------ what the projections carry
 
     @property
@@ -357,6 +391,11 @@ class Rule:
     @classmethod
     def check_network(cls, sizes, activation: str, output_activation: str, leaky_slope: float) -> str | None:
         """A one-line reason why this rule cannot run a network of these keys (None: it can); `arsim.config` refuses it."""
+        return None
+
+    @classmethod
+    def check_timing(cls, settings: dict, dt: float) -> str | None:
+        """A one-line reason why the rule's table cannot run with the Euler step ``dt`` (ms); None: it can."""
         return None
 
     def config_warnings(self, network) -> list:
