@@ -34,13 +34,18 @@ def test_bench_reports_ratios_of_checked_equal_work(tiny_result):
     assert "batch of 4 at once" in text and "sample by sample" in text
 
 
-def test_bench_rule_rows_train_gait_one_batch_per_run_as_arsim_train_does(build_dir):
-    """GAIT-prop recomputes its inverses between runs: the Brian2 side runs batch by batch and still equals the reference."""
+def test_bench_rule_rows_of_gait_batch_by_batch_and_of_pal_without_noise(build_dir):
+    """GAIT-prop recomputes its inverses between runs: the Brian2 side runs batch by batch and still equals the reference.
+
+    PAL's noise is Brian2's own draw: its row runs at ``pal.sigma = 0`` (the rule's ``bench_keys``), where
+    numpy computes the same numbers step by step.
+    """
     result = bench.run_bench([6, 5, 4, 3], steps=7, repeat=1, train_samples=8, batch=4, build_root=build_dir, projections=(),
-                             parts=("train",), rules=("gait",))
-    gait = result["rules"]["gait"]
-    assert gait["samples"] == 8 and gait["max_abs_deviation"] <= 1e-9
-    assert "[rule = gait] training" in bench.format_table(result)
+                             parts=("train",), rules=("gait", "pal"))
+    for rule in ("gait", "pal"):
+        row = result["rules"][rule]
+        assert row["samples"] == 8 and row["max_abs_deviation"] <= 1e-9, rule
+        assert f"[rule = {rule}] training" in bench.format_table(result)
 
 
 def test_bench_refuses_to_compare_unequal_work(monkeypatch, build_dir):

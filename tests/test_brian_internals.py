@@ -166,6 +166,16 @@ def test_run_time_argument_names_and_result_files_are_what_the_runner_uses(gener
         )
 
 
+def test_random_generators_can_be_reseeded_at_run_time(generated):
+    """A stochastic rule's binary reseeds ``brian::_random_generators`` at its first step (`cpp_projection.add_noise_seed`)."""
+    header = generated["objects.h"]
+    match = re.search(r"namespace brian\s*\{(.*)\n\}", header, re.S)
+    assert match and re.search(r"extern\s+std::vector\s*<\s*RandomGenerator\s*>\s+_random_generators\s*;", match.group(1)), \
+        _unsupported("objects.h does not declare 'extern std::vector<RandomGenerator> _random_generators;' in namespace brian")
+    assert re.search(r"void\s+seed\s*\(\s*unsigned\s+long\s+\w+\s*\)", header), _unsupported(
+        "RandomGenerator has no 'void seed(unsigned long)' (the noise of a run could not be seeded from its arguments)")
+
+
 def test_makefile_names_its_compiler_flags_on_an_optimisations_line(generated):
     """`arsim.brian.devices._make` precompiles the common headers with the flags of this line (else it builds without)."""
     makefile = generated["makefile"]

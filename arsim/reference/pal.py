@@ -73,3 +73,84 @@ def learn_backward_linear(rng, W: np.ndarray, B0: np.ndarray, n_steps: int, sigm
     for n in range(n_steps):
         B = decay * B + dt * eta_b * np.outer(noise[n], rhat[n])
     return B, hebbian
+
+
+def training_run(network, W, b, B, x_in, targets, *, copies: int, batch_size: int, lr: float, sigma: float,
+                 tau_xi: float, tau_hp: float, eta_b: float, alpha: float, noise: dict | None = None):
+    """One standalone PAL training run, every clock step in the order of arsim's schedule (float64).
+
+    Written from the rule card, sharing no code with `arsim.rules.pal` or
+    the C++. Periods of ``copies`` samples (a batch, or one sample) of
+    ``S = n_relax + 1`` steps each, plus one last step that learns from the
+    last period: ``T = P S + 1`` steps. At every step ``t`` (``s = t % S``,
+    period ``p = t // S``):
+
+    1. the stream's drive ``ar^{l+1} = W^l r^l`` from the previous step's rates;
+    2. at ``s = 0``, ``t > 0``: the summed update of the period that relaxed,
+       ``dW^l += (x^{l+1} f'^{l+1})^T xbar^l``, applied at a batch boundary;
+    3. at ``s = 0``: the forward sweep of period ``p`` (the last one again
+       at the final step), ``x`` of the hidden layers to ``xbar``, ``x^L = e``;
+    4. for ``1 <= s <= n_relax``: ``x^l += eta (B^l (x^{l+1} f'^{l+1}) - x^l)``;
+       the noise steps (``noise[l][t]``, or ``(1 - a)`` times the last
+       value when no noise is given: exact for ``sigma = 0`` only);
+    5. rates ``r^0 = xbar^0``, ``r^l = f(ar^l + b^l + noise^l)``;
+    6. ``B^l += dt eta_b (noise^l^T (r^{l+1} - lp^{l+1}) / copies - alpha B^l)``, ``l = 1..L-1``;
+    7. ``lp^l += (dt / tau_hp)(r^l - lp^l)`` for ``l = 2..L``.
+
+    Everything the run carries (rates, low-pass, noise, relaxing state)
+    starts at 0.
+
+    Returns
+    -------
+    W, b, B : lists of ndarray
+        The weights after the run.
+    """
+    from . import oracle
+
+    W, b, B = [w.copy() for w in W], [v.copy() for v in b], [m.copy() for m in B]
+    n_layers = len(W)
+    sizes = [W[0].shape[1]] + [w.shape[0] for w in W]
+    hidden, output = network.hidden, network.output
+    n_relax = network.n_relax_steps
+    steps_per_period = n_relax + 1
+    periods = len(x_in) // copies
+    a, rate, hp = network.dt / tau_xi, network.dt * eta_b, network.dt / tau_hp
+    zeros = [np.zeros((copies, n)) for n in sizes]
+    r, lp, xi, x, xbar, fp = ([z.copy() for z in zeros] for _ in range(6))
+    dW = [np.zeros_like(w) for w in W]
+    db = [np.zeros_like(v) for v in b]
+    for t in range(periods * steps_per_period + 1):
+        s, p = t % steps_per_period, t // steps_per_period
+        ar = [None] + [r[l] @ W[l].T for l in range(n_layers)]
+        if s == 0 and t > 0:
+            for l in range(n_layers):
+                delta = x[l + 1] * fp[l + 1]
+                dW[l] += delta.T @ xbar[l]
+                db[l] += delta.sum(axis=0)
+            if p % (batch_size // copies) == 0:
+                for l in range(n_layers):
+                    W[l] = W[l] - lr * dW[l]
+                    if network.bias:
+                        b[l] = b[l] - lr * db[l]
+                    dW[l][:], db[l][:] = 0.0, 0.0
+        if s == 0:
+            rows = slice(min(p, periods - 1) * copies, (min(p, periods - 1) + 1) * copies)
+            fwd = oracle.forward(W, b, x_in[rows], hidden, output, network.loss)
+            xbar, fp = [v.copy() for v in fwd.xbar], [v.copy() for v in fwd.fp]
+            x = [v.copy() for v in xbar]
+            x[n_layers] = oracle.output_error(xbar[n_layers], targets[rows], network.loss)
+        if 1 <= s <= n_relax:
+            feedback = [None] + [(x[l + 1] * fp[l + 1]) @ B[l].T for l in range(1, n_layers)]
+            for l in range(1, n_layers):
+                x[l] = x[l] + network.eta * (feedback[l] - x[l])
+        for l in range(1, n_layers):
+            xi[l] = noise[l][t].reshape(copies, sizes[l]) if noise is not None else (1.0 - a) * xi[l]
+        r[0] = xbar[0]
+        for l in range(1, n_layers + 1):
+            act = output if l == n_layers else hidden
+            r[l] = act.f(ar[l] + b[l - 1] + xi[l])
+        for l in range(1, n_layers):
+            B[l] = B[l] + rate * (xi[l].T @ (r[l + 1] - lp[l + 1]) / copies - alpha * B[l])
+        for l in range(2, n_layers + 1):
+            lp[l] = lp[l] + hp * (r[l] - lp[l])
+    return W, b, B

@@ -7,7 +7,7 @@ package registers every rule.
 from __future__ import annotations
 
 # registration order is the order of the cards and of `arsim rules`
-from . import ar, bp, fa, dfa, kp, wm, ia, sign, pc, dinv, gait  # noqa: F401,I001
+from . import ar, bp, fa, dfa, kp, wm, ia, sign, pc, dinv, gait, pal  # noqa: F401,I001
 from .base import PLASTICITY_SCALARS, RULES, Param, Rule, register
 
 __all__ = ["RULES", "Rule", "Param", "register", "PLASTICITY_SCALARS", "FEEDBACK_CHOICES", "make_rule", "cards"]
