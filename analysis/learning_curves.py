@@ -68,6 +68,7 @@ VARIANTS = {
     "pc-phi": {"rule": "pc", "pc.error_connections": "learned"},
     "dinv": {"rule": "dinv"},
     "dinv-repair": {"rule": "dinv", "dinv.feedback": "random", "dinv.repair": True},
+    "pal": {"rule": "pal"},
     "gait": {"rule": "gait"},
     "gait-noreg": {"rule": "gait", "gait.orthogonal_reg": 0.0},
     # backprop on the net a GAIT-prop tower computes with: models/digits_gait.toml's auxiliary units removed
@@ -109,6 +110,7 @@ LABELS = {
     "pc-phi": "PC, learned error connections",
     "dinv": "dynamic inversion",
     "dinv-repair": "DI, random B + repair",
+    "pal": "PAL (B learned from noise)",
     "gait": "GAIT-prop (tower)",
     "gait-noreg": "GAIT-prop, no orthogonality penalty",
     "bp-effective": "backprop, the tower's effective net",

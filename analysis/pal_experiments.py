@@ -68,8 +68,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SETUPS = {
     "alignment": {"sizes": [5, 20, 10, 20, 5], "sigma": 5e-2, "eta_b": 0.5, "alpha": 1e-5, "decay_times": 5.0,
                   "seeds": 5, "points": 40},
-    "residual": {"sizes": [5, 4, 3, 2], "sigma": 1e-2, "alpha": 1e-4, "eta_b": [0.32, 0.08], "decay_times": 6.0,
-                 "seeds": 4},
+    "residual": {"sizes": [5, 4, 3, 2], "sigma": 1e-2, "alpha": 1e-4, "eta_b": [0.32, 0.08, 0.02], "decay_times": 6.0,
+                 "seeds": 8},
     "teacher": {"sigma": 0.1, "eta_b": 0.5, "alpha": 1.6e-4, "lr": 0.5, "batch": 10, "samples": 100, "epochs": 300,
                 "seeds": 10, "points": 60},
 }
@@ -245,7 +245,7 @@ def plot(data: Path, out_dir: Path) -> list:
                 ax.plot(epochs, values.T, color=color, lw=0.6, alpha=0.6)
                 ax.plot([], [], color=color, label=rule.upper())
             ax.axhline(2.0 if what == "w0" else 0.0, color="k", lw=0.6, ls="--")
-            ax.set(xlabel="epoch", ylabel=label, title=f"(c) 1-1-1 teacher (W = 2, 2): {label}")
+            ax.set(xlabel="epoch", ylabel=label, title=f"(c) 1-1-1 teacher-student (teacher W = 2, 2): {what.upper()}")
             ax.legend()
         paths = figure_script.save_figure(fig, out_dir, NAME)
         plt.close(fig)
