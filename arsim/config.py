@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from .activations import ACTIVATIONS
 from .rules import FEEDBACK_CHOICES, RULES
+from .rules.base import FORWARD_VARIANTS
 
 __all__ = ["ConfigError", "Key", "SCHEMA", "load", "resolve", "parse_override", "n_relax_steps"]
 
@@ -75,6 +76,13 @@ def _at_least_one(value):
     return None if value >= 1 else "an integer >= 1"
 
 
+def _forward(value):
+    if value == "relaxed":
+        return ("one of " + ", ".join(repr(v) for v in FORWARD_VARIANTS) + " ('relaxed' is now 'all_current', the"
+                " combination the follow-up paper never ran; its four variants are the fderiv_* and current_x_weights)")
+    return None if value in FORWARD_VARIANTS else "one of " + ", ".join(repr(v) for v in FORWARD_VARIANTS)
+
+
 def _data_spec(value):
     if value in ("digits", "mnist5k") or (value.startswith("idx:") and len(value) > 4):
         return None
@@ -126,8 +134,11 @@ SCHEMA: dict[str, Key] = {
     "derivative": Key(bool, True, None, "multiply the feedback by f'(a) of the layer above", shape_key=True),
     "ordering": Key(str, "synchronous", _one_of("synchronous", "sequential"), "layer update order within a step", shape_key=True),
     "forward": Key(
-        str, "frozen", _one_of("frozen", "relaxed"),
-        "frozen: relaxation and update use the stored xbar, f'(a) (AR); relaxed: the current x and f'(W x + b) (follow-up paper)",
+        str, "frozen", _forward,
+        "frozen: relaxation and update use the stored xbar, f'(a) (AR); the follow-up paper's relaxed passes, one each:"
+        " fderiv_x_update (f'(W x + b) of the current x in the relaxation), fderiv_weight_update (in the update),"
+        " fderiv_both, current_x_weights (the relaxed x as the update's pre-synaptic activity); all_current: all"
+        " of them together, which the authors never ran (it does not learn)",
         shape_key=True,
     ),
     "projection": Key(

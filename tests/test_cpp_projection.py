@@ -47,7 +47,7 @@ VARIANTS = {
     "learned": {"feedback": "learned", "feedback_std": 0.5},
     "learned+noderiv": {"feedback": "learned", "feedback_std": 0.5, "derivative": False},
     "ce+relu+bias": {"loss": "ce", "activation": "relu", "output_activation": "linear"},
-    "relaxed-forward": {"forward": "relaxed"},
+    "all_current": {"forward": "all_current"},
 }
 
 
@@ -102,7 +102,7 @@ def _reference_epoch(config, params, x, targets):
     return final, before
 
 
-@pytest.mark.parametrize("variant", [v for v in VARIANTS if v != "relaxed-forward"])
+@pytest.mark.parametrize("variant", [v for v in VARIANTS if v != "all_current"])
 def test_dense_relaxation_trajectory_equals_numpy_euler(trained, variant):
     """Every sample's recorded x(t) equals relax_euler with the weights of its batch.
 
@@ -149,7 +149,7 @@ def test_dense_network_has_no_per_step_synaptic_sums():
     from brian2.utils.logger import catch_logs
 
     reset_device("runtime")
-    config = _config(forward="relaxed", feedback="learned")
+    config = _config(forward="all_current", feedback="learned")
     with catch_logs():  # the objects are never run: silence Brian2's "unused object" warnings
         dense = build_network(train_topology(E(config), N_SAMPLES, MAX_RELAX))
         synapses = build_network(train_topology(E(resolve({**config, "projection": "synapses"})), N_SAMPLES, MAX_RELAX))
@@ -186,7 +186,7 @@ def test_runtime_device_dense_relaxation_equals_numpy_euler(relax, keys):
 
 
 def test_runtime_device_dense_relaxed_forward_training_equals_numpy():
-    config = _config(forward="relaxed", ordering="sequential", duration=15.0)
+    config = _config(forward="all_current", ordering="sequential", duration=15.0)
     params = init_params(E(config))
     x, targets = _data(config)
     result = BrianTrainer(E(config), N_SAMPLES, device="runtime", max_relax=10).run_chunk(params, x, targets)

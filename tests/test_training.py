@@ -24,19 +24,36 @@ RULES = {
     "noderiv": {"derivative": False},
     "learned+noderiv": {"feedback": "learned", "feedback_std": 0.4, "derivative": False},
     "ce+relu": {"loss": "ce", "activation": "relu", "output_activation": "linear"},
-    "relaxed-forward": {"forward": "relaxed"},
-    "relaxed-forward+learned+sequential": {"forward": "relaxed", "feedback": "learned", "feedback_std": 0.4, "ordering": "sequential"},
+    # the follow-up paper's relaxed forward passes, one each (SPEC 2), and all of them at once
+    "fderiv_x_update": {"forward": "fderiv_x_update"},
+    "fderiv_weight_update": {"forward": "fderiv_weight_update"},
+    "fderiv_both": {"forward": "fderiv_both"},
+    "current_x_weights": {"forward": "current_x_weights"},
+    "all_current": {"forward": "all_current"},
+    "all_current+learned+sequential": {"forward": "all_current", "feedback": "learned", "feedback_std": 0.4, "ordering": "sequential"},
     # the dense rules above relax a whole batch at once (train.parallel = auto);
     # these run the same dense projections one sample after another
     "sample": {"train.parallel": "sample"},
-    "sample+relaxed+learned+sequential": {
-        "train.parallel": "sample", "forward": "relaxed", "feedback": "learned", "feedback_std": 0.4, "ordering": "sequential",
+    "sample+all_current+learned+sequential": {
+        "train.parallel": "sample", "forward": "all_current", "feedback": "learned", "feedback_std": 0.4, "ordering": "sequential",
     },
     # the plain Brian2 (summed) projections, the reference idiom
     "synapses": {"projection": "synapses"},
-    "synapses+relaxed+learned+sequential": {
-        "projection": "synapses", "forward": "relaxed", "feedback": "learned", "feedback_std": 0.4, "ordering": "sequential",
+    "synapses+all_current+learned+sequential": {
+        "projection": "synapses", "forward": "all_current", "feedback": "learned", "feedback_std": 0.4, "ordering": "sequential",
     },
+    "synapses+fderiv_weight_update": {"projection": "synapses", "forward": "fderiv_weight_update"},
+    "synapses+current_x_weights": {"projection": "synapses", "forward": "current_x_weights"},
+}
+
+#: what each relaxed forward pass takes from the current state, written out here (SPEC 2):
+#: (f' in the relaxation, f' in the update, the relaxed x as the update's pre-synaptic activity)
+CURRENT = {
+    "fderiv_x_update": (True, False, False),
+    "fderiv_weight_update": (False, True, False),
+    "fderiv_both": (True, True, False),
+    "current_x_weights": (False, False, True),
+    "all_current": (True, True, True),
 }
 
 
@@ -68,24 +85,28 @@ def trainers(build_dir):
 
 
 def relaxed_forward_sample(config, p, x0, target, n_relax, hidden, output):
-    """One sample of the relaxed frozen forward pass, written out layer by layer.
+    """One sample of a relaxed forward pass (`CURRENT`), written out layer by layer.
 
-    The derivative of layer l+1 is taken at the current drive W^l x^l + b^l,
-    with every x of the step's start (Jacobi) or, sequentially, the layers
-    above already updated; the update uses the final x and that derivative.
+    Where the pass says so, the derivative of layer l+1 is taken at the
+    current drive W^l x^l + b^l, with every x of the step's start (Jacobi)
+    or, sequentially, the layers above already updated, in the relaxation
+    and / or in the update (at the final x); the update's pre-synaptic
+    activity is the final x or the stored xbar.
     """
+    in_relaxation, in_update, current_pre = CURRENT[config["forward"]]
     fwd = oracle.forward(p.W, p.b, x0, hidden, output, config["loss"])
     n_layers = len(p.W)
     eta = config["dt"] / config["tau"]
     x = [v.copy() for v in fwd.xbar]
     x[n_layers] = oracle.output_error(fwd.xbar[-1], target, config["loss"])
 
-    def slope(l, state):
+    def current_slope(l, state):
         act = output if l == n_layers else hidden
         return act.fprime(p.W[l - 1] @ state[l - 1] + p.b[l - 1])
 
     def drive(l, state):
-        above = state[l + 1] * slope(l + 1, state) if config["derivative"] else state[l + 1]
+        slope = current_slope(l + 1, state) if in_relaxation else fwd.fp[l + 1]
+        above = state[l + 1] * slope if config["derivative"] else state[l + 1]
         return p.B[l] @ above
 
     for _ in range(n_relax):
@@ -96,7 +117,9 @@ def relaxed_forward_sample(config, p, x0, target, n_relax, hidden, output):
         else:
             for l in range(n_layers - 1, 0, -1):
                 x[l] = x[l] + eta * (drive(l, x) - x[l])
-    return [(np.outer(x[l + 1] * slope(l + 1, x), x[l]), x[l + 1] * slope(l + 1, x)) for l in range(n_layers)]
+    delta = [x[l + 1] * (current_slope(l + 1, x) if in_update else fwd.fp[l + 1]) for l in range(n_layers)]
+    pre = x if current_pre else fwd.xbar
+    return [(np.outer(delta[l], pre[l]), delta[l]) for l in range(n_layers)]
 
 
 def per_sample_reference(config, params, x, targets, n_relax):
@@ -108,7 +131,7 @@ def per_sample_reference(config, params, x, targets, n_relax):
     acc_W = [np.zeros_like(w) for w in p.W]
     acc_b = [np.zeros_like(v) for v in p.b]
     for s in range(len(x)):
-        if config["forward"] == "relaxed":
+        if config["forward"] != "frozen":
             for l, (dW, db) in enumerate(relaxed_forward_sample(config, p, x[s], targets[s], n_relax, hidden, output)):
                 acc_W[l] += dW
                 acc_b[l] += db
@@ -251,7 +274,7 @@ def test_parallel_mode_sets_the_copies_of_the_build():
     assert train_topology(E(_config(**RULES["synapses"])), N_SAMPLES).n_samples == N_SAMPLES
 
 
-@pytest.mark.parametrize("rule", ["learned+noderiv", "relaxed-forward+learned+sequential"])
+@pytest.mark.parametrize("rule", ["learned+noderiv", "all_current+learned+sequential"])
 def test_batch_parallel_runtime_target_equals_numpy(rule):
     """The numpy side of the batch-parallel functions (Brian2 runtime target) also equals the reference."""
     config = _config(duration=20.0, **RULES[rule])
@@ -278,3 +301,12 @@ def test_long_run_has_no_clock_drift(build_dir, parallel):
     params = init_params(E(config))
     result = BrianTrainer(E(config), n).run_chunk(params, x, targets)
     _assert_params_close(result.params, E(config).rule.reference_epoch(E(config), params, x, targets), 1e-10)
+
+
+def test_forward_relaxed_is_refused_with_the_new_names():
+    from arsim.config import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        resolve({"sizes": [3, 2], "forward": "relaxed"})
+    message = str(info.value)
+    assert "\n" not in message and "forward" in message and "all_current" in message and "fderiv_x_update" in message

@@ -350,7 +350,7 @@ def _derivative_code(rule, names: dict, index: str, derivative: bool | None = No
     """
     real = _real()
     derivative = rule.derivative if derivative is None else derivative
-    current = rule.derivative_variable == "fpnow"
+    current = (rule.update_derivative_variable if update else rule.derivative_variable) == "fpnow"
     decl, carried = rule.carried_cpp(names, index, real, update)
     if derivative:
         if current:
@@ -367,7 +367,7 @@ def _numpy_carried(rule, post, functions, kind, slope, gain, derivative: bool | 
     """The carried activity of every unit, as in `_derivative_code`, for the runtime target."""
     derivative = rule.derivative if derivative is None else derivative
     carried = rule.carried_numpy(post, functions, kind, slope, gain, update)
-    if derivative and rule.derivative_variable == "fpnow":
+    if derivative and (rule.update_derivative_variable if update else rule.derivative_variable) == "fpnow":
         current = post.variables["anow"].get_value() + post.variables["b"].get_value()
         carried = carried * functions["act_fp"].pyfunc(current, kind, slope)
     elif derivative:

@@ -8,7 +8,7 @@ then ``end``):
 slot       operation                                               when
 =========  =====================================================  ==========
 start      layer l stores its forward state (order 3l)             step 0 of a sample
-start      projection l-1 sums ``anow`` of layer l (order -40)     every step (forward = relaxed)
+start      projection l-1 sums ``anow`` of layer l (order -40)     every step (f' at the current drive)
 start      training: accumulate, align monitors, apply (< 0)      step 0 of a sample
 start      projection l-1 sums ``a`` of layer l (order 3l-2)       step 0 of a sample
 start      softmax normaliser of the output (order 3L-1, ce)      every step
@@ -275,7 +275,7 @@ def build_network(topo: Topology) -> BuiltNetwork:
                 syn, pre, post, rule, functions=namespace,
                 forward_order=3 * (index + 1) - 2, sample_dt=sample_dt,
                 feedback_order=pre.order - 1 if feeds_back else None,
-                current_drive_order=None if rule.frozen_forward else ORDER_CURRENT_DRIVE, copies=copies,
+                current_drive_order=ORDER_CURRENT_DRIVE if rule.needs_current_drive else None, copies=copies,
             )
         else:
             _schedule_summed(syn, index, rule, sample_clock)
@@ -446,7 +446,7 @@ def _schedule_summed(syn, index: int, rule: Rule, sample_clock) -> None:
     # the forward sweep happens once per sample: running the sum on every
     # relaxation step would double the synaptic work for nothing
     forward_sum._clock = sample_clock
-    if not rule.frozen_forward:
+    if rule.needs_current_drive:
         # every step, before anything reads fpnow: the drive of the state the
         # step starts from (and, at a sample's step 0, of the final relaxed state)
         current_sum = syn.summed_updaters["anow_post"]

@@ -33,7 +33,7 @@ from typing import Any, Callable, ClassVar
 
 import numpy as np
 
-__all__ = ["Param", "Rule", "RULES", "register", "PLASTICITY_SCALARS", "positive", "non_negative"]
+__all__ = ["Param", "Rule", "RULES", "register", "PLASTICITY_SCALARS", "FORWARD_VARIANTS", "positive", "non_negative"]
 
 RULES: dict[str, type["Rule"]] = {}
 
@@ -96,6 +96,20 @@ class Param:
 #: wb <- wb - m_eta (2 m_decay wb - m_amp <r x^T>_noise)
 PLASTICITY_SCALARS = ("wdecay", "eta_b", "c_tied", "c_decay", "c_amp", "c_null", "b_scale", "m_eta", "m_decay", "m_amp")
 
+#: ``forward``'s values (SPEC 2, "relaxing the frozen forward pass"): whether the relaxation's ``f'``, the
+#: update's ``f'`` and the update's pre-synaptic activity come from the current (relaxing) state instead of
+#: the stored forward sweep. The four variants the follow-up paper ran, one at a time, carry the names of
+#: its code's flags (Millidge et al., arXiv 2010.06219, main.py); ``all_current`` combines them, which the
+#: authors never ran (it does not learn: chance level on digits)
+FORWARD_VARIANTS = {
+    "frozen": (False, False, False),
+    "fderiv_x_update": (True, False, False),
+    "fderiv_weight_update": (False, True, False),
+    "fderiv_both": (True, True, False),
+    "current_x_weights": (False, False, True),
+    "all_current": (True, True, True),
+}
+
 #: the primitives a rule may use on the training activity (SPEC 3.5)
 TRAIN_PRIMITIVES = ("decay", "amp", "null")
 
@@ -114,7 +128,8 @@ class Rule:
     ordering : {"synchronous", "sequential"}
         Layer update order within an Euler step.
     forward : str
-        ``frozen`` (stored ``xbar``, ``f'(a)``) or ``relaxed`` (AR only).
+        ``frozen`` (stored ``xbar``, ``f'(a)``) or one of the relaxed forward
+        passes of `FORWARD_VARIANTS` (AR only).
     feedback : str
         AR's backward weights: ``transpose``, ``learned``, ``random``.
     """
@@ -157,8 +172,19 @@ class Rule:
         self.derivative = derivative
         self.ordering = ordering
         self.forward = forward
-        self.frozen_forward = forward == "frozen"
+        #: f' of the relaxation, f' of the update, the update's pre-synaptic activity: from the current state
+        self.current_relaxation_derivative, self.current_update_derivative, self.current_presynaptic = FORWARD_VARIANTS[forward]
         self.feedback = feedback
+
+    @property
+    def frozen_forward(self) -> bool:
+        """Whether the relaxation and the update use only the stored forward sweep (``xbar``, ``f'(a)``)."""
+        return not (self.current_relaxation_derivative or self.current_update_derivative or self.current_presynaptic)
+
+    @property
+    def needs_current_drive(self) -> bool:
+        """Whether some ``f'`` is taken at the current drive ``W x + b`` (``anow``, computed every step)."""
+        return self.current_relaxation_derivative or self.current_update_derivative
 
     # ------------------------------------------------------------------ declarations
 
@@ -425,18 +451,21 @@ class Rule:
 
         Returns ``(signal, slope, pre)``, per layer ``0..L`` (entry 0 of the
         first two unused), with ``dW^l = (signal^{l+1} * slope^{l+1}) pre^l^T``:
-        the frozen pass uses ``(x, fp, xbar)``; the relaxed pass ``f'`` at the
-        current drive and the relaxed ``x`` as pre-synaptic activity.
+        the frozen pass uses ``(x, fp, xbar)``; a relaxed forward pass takes
+        ``f'`` at the current drive ``W x + b`` and / or the relaxed ``x`` as
+        pre-synaptic activity (`FORWARD_VARIANTS`).
         """
         if self.frozen_forward:
             return x, fp, xbar
         n_layers = len(W)
-        pre = [xbar[0]] + list(x[1:])
-        slope = [None] + [
-            (network.output if l == n_layers else network.hidden).fprime(W[l - 1] @ pre[l - 1] + b[l - 1])
-            for l in range(1, n_layers + 1)
-        ]
-        return x, slope, pre
+        current = [xbar[0]] + list(x[1:])
+        slope = fp
+        if self.current_update_derivative:
+            slope = [None] + [
+                (network.output if l == n_layers else network.hidden).fprime(W[l - 1] @ current[l - 1] + b[l - 1])
+                for l in range(1, n_layers + 1)
+            ]
+        return x, slope, current if self.current_presynaptic else xbar
 
     def signal_traces(self, xtrace: list, W: list, b: list, xbar: list, x_in, network, raw: dict | None = None) -> list:
         """The learning signal of layers ``1..L`` over time from the recorded ``x`` (rows are records)."""
@@ -454,13 +483,18 @@ class Rule:
 
     @property
     def derivative_variable(self) -> str:
-        """The neuron variable holding ``f'`` in the relaxation and the update."""
-        return "fp" if self.frozen_forward else "fpnow"
+        """The neuron variable holding ``f'`` in the relaxation: stored (``fp``) or at the current drive (``fpnow``)."""
+        return "fpnow" if self.current_relaxation_derivative else "fp"
+
+    @property
+    def update_derivative_variable(self) -> str:
+        """The neuron variable holding ``f'`` in the update."""
+        return "fpnow" if self.current_update_derivative else "fp"
 
     @property
     def presynaptic_activity(self) -> str:
         """The neuron variable of the pre-synaptic activity in the update."""
-        return "xbar" if self.frozen_forward else "x"
+        return "x" if self.current_presynaptic else "xbar"
 
     @property
     def synapse_equations(self) -> str:
@@ -474,17 +508,17 @@ class Rule:
     def projection_equations(self) -> str:
         """Synaptic equations of a summed projection: the rule's own plus, when relaxed, the current drive."""
         lines = [self.synapse_equations]
-        if not self.frozen_forward:
+        if self.needs_current_drive:
             lines.append("anow_post = w * x_pre : 1 (summed)")
         return "\n".join(line for line in lines if line)
 
     def accumulate_code(self) -> str:
         """Synaptic code adding one sample's update to ``dw_acc`` (``projection = "synapses"``)."""
-        return f"dw_acc += x_post * {self.derivative_variable}_post * {self.presynaptic_activity}_pre"
+        return f"dw_acc += x_post * {self.update_derivative_variable}_post * {self.presynaptic_activity}_pre"
 
     def bias_accumulate_code(self) -> str:
         """Neuron code adding one sample's bias update to ``db_acc`` (``projection = "synapses"``)."""
-        return f"db_acc += learn_bias * x * {self.derivative_variable}"
+        return f"db_acc += learn_bias * x * {self.update_derivative_variable}"
 
     def apply_code(self) -> str:
         """Synaptic code applying the accumulated update at a batch boundary (``projection = "synapses"``).
@@ -552,15 +586,13 @@ class Rule:
             act = output if layer == n_layers else hidden
             return act.fprime(x_below @ W[layer - 1].T + b[layer - 1])
 
-        relaxed = not self.frozen_forward
         x = self.reference_relax(B, fwd.xbar, fwd.fp, e, network.eta, network.n_relax_steps,
-                                 current_fp=current_fp if relaxed else None)
-        if relaxed:
+                                 current_fp=current_fp if self.current_relaxation_derivative else None)
+        if self.current_update_derivative:
             delta = [x[l + 1] * current_fp(l + 1, x[l]) for l in range(n_layers)]
-            pre = x
         else:
             delta = [x[l + 1] * fwd.fp[l + 1] for l in range(n_layers)]
-            pre = fwd.xbar
+        pre = x if self.current_presynaptic else fwd.xbar
         return [d.T @ pre[l] for l, d in enumerate(delta)], [d.sum(axis=0) for d in delta], fwd.xbar
 
     def reference_step(self, network, W, b, B, state: dict, x_in, targets, lr: float) -> tuple:

@@ -80,8 +80,9 @@ Value nodes start at the forward activity (`initial_state = "forward"`).
         self.derivative = bool(settings["derivative"])
         self.separate_backward = self.feedback != "transpose"
         self.tied = self.feedback == "learned"
-        # strict PC recomputes mu and f' from the current state: the relaxed-forward code paths
-        self.frozen_forward = self.error_units == "fixed"
+        # strict PC recomputes mu and f' from the current state: the relaxed-forward code paths, all of them
+        strict = self.error_units == "strict"
+        self.current_relaxation_derivative = self.current_update_derivative = self.current_presynaptic = strict
         self.connections = settings["error_connections"]
         if self.connections != "identity" and self.error_units == "fixed":
             self.error_units = "connected"
