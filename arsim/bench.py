@@ -35,7 +35,8 @@ run_args overhead
     cost of starting the binary and moving arrays, per run.
 
 ``threads`` sets the BLAS threads of both sides (numpy through
-threadpoolctl, the binary through ``OPENBLAS_NUM_THREADS``).
+threadpoolctl, the binary through ``OPENBLAS_NUM_THREADS`` or ``MKL_NUM_THREADS``). The binary's CBLAS is
+the model key ``blas`` (``--set blas=mkl``, `arsim.brian.blas`), reported beside numpy's.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ import time
 import numpy as np
 
 from . import __version__
+from .brian.blas import blas_library
 from .brian.devices import StandaloneRunner
 from .brian.network import Topology, topology_for
 from .reference import oracle
@@ -295,7 +297,7 @@ def run_bench(sizes: list, steps: int = 100, repeat: int = 5, train_samples: int
 
     if threads is not None:
         # the standalone runner passes the environment to the binary (default 1 thread)
-        os.environ["OPENBLAS_NUM_THREADS"] = str(threads)
+        os.environ["OPENBLAS_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
     from .reference import torch_peer
 
     if torch_peer.available():
@@ -303,6 +305,7 @@ def run_bench(sizes: list, steps: int = 100, repeat: int = 5, train_samples: int
 
         # the torch peer computes with the same number of threads as the other two sides
         torch.set_num_threads(1 if threads is None else threads)
+    brian_blas = blas_library(bench_experiment(sizes, steps, batch, overrides).network.blas)
     result = {
         "sizes": list(sizes),
         "repeat": repeat,
@@ -310,17 +313,17 @@ def run_bench(sizes: list, steps: int = 100, repeat: int = 5, train_samples: int
         "machine": {"cores": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor()},
         "versions": {"arsim": __version__, "numpy": np.__version__, "python": platform.python_version(),
                      "brian2": brian2.__version__, "scipy": scipy.__version__,
-                     "scipy_openblas32 (Brian2 dgemm)": scipy_openblas32.__version__},
+                     "scipy_openblas32": scipy_openblas32.__version__},
     }
     with threadpool_limits(limits=threads, user_api="blas"), tempfile.TemporaryDirectory(prefix="arsim-bench-") as fresh:
         result["blas"] = {
             "numpy": sorted({f"{info.get('internal_api')} {info.get('version')}" for info in threadpool_info()
                              if info["user_api"] == "blas"}),
-            "brian2": f"scipy-openblas32 {scipy_openblas32.__version__} (CBLAS of the dense projections)",
+            "brian2": f"{brian_blas.describe()} (CBLAS of the dense projections, blas = {brian_blas.name!r})",
         }
         result["blas_threads"] = {
             "numpy": sorted({info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"}),
-            "brian2": os.environ.get("OPENBLAS_NUM_THREADS", "1"),
+            "brian2": os.environ.get(brian_blas.threads_variable, "1"),
         }
         build_root = fresh if build_root is None else build_root
         for projection in projections:

@@ -20,6 +20,7 @@ from typing import Any, Callable
 from .activations import ACTIVATIONS
 from .rules import FEEDBACK_CHOICES, RULES
 from .rules.base import FORWARD_VARIANTS
+from .brian.blas import BLAS_CHOICES, missing as blas_missing
 
 __all__ = ["ConfigError", "Key", "SCHEMA", "load", "resolve", "parse_override", "n_relax_steps"]
 
@@ -151,6 +152,12 @@ SCHEMA: dict[str, Key] = {
         str, "float64", _one_of("float64", "float32"),
         "floating-point type of the compiled network (Brian2's default_float_dtype; float32: sgemm, about 2x faster"
         " batch training, agreement with float64 to ~1e-6 relative instead of 1e-12)",
+        shape_key=True,
+    ),
+    "blas": Key(
+        str, "openblas", _one_of(*BLAS_CHOICES),
+        "the CBLAS the batch-parallel C++ links: openblas (the scipy-openblas32 wheel) or mkl (Intel MKL's wheels:"
+        " pip install 'arsim[mkl]'); equal numbers, speed by measurement (arsim bench --set blas=mkl)",
         shape_key=True,
     ),
     "initial_state": Key(
@@ -351,6 +358,9 @@ def _check_relations(config: dict, source: str) -> None:
             f"{source}: duration = {config['duration']!r} ms is not a positive whole number of"
             f" dt = {config['dt']!r} ms steps; expected duration = k * dt with k >= 1"
         )
+    problem = blas_missing(config["blas"])
+    if problem:
+        raise ConfigError(f"{source}: {problem}")
     if config["train.parallel"] == "batch" and config["projection"] != "dense":
         raise ConfigError(
             f"{source}: train.parallel = 'batch' with projection = {config['projection']!r};"

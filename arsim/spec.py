@@ -56,6 +56,7 @@ class NetworkSpec:
     initial_state: str = "forward"
     projection: str = "dense"
     precision: str = "float64"
+    blas: str = "openblas"
     allow_unstable: bool = False
 
     @property
@@ -203,6 +204,7 @@ KEY_FIELDS = {
     "initial_state": ("network", "initial_state", _same),
     "projection": ("network", "projection", _same),
     "precision": ("network", "precision", _same),
+    "blas": ("network", "blas", _same),
     "allow_unstable": ("network", "allow_unstable", bool),
     "input": ("probe", "input", _same),
     "threshold": ("probe", "threshold", _same),

@@ -33,7 +33,7 @@ With ``copies > 1`` every layer holds a whole minibatch, copy ``s`` of a
 layer of ``n`` units being units ``s*n .. s*n+n-1``; the synapses still
 connect only the first copies (one weight array). The three sums become
 CBLAS ``dgemm`` (``sgemm`` in float32) over all copies, linked from the
-``scipy-openblas32`` wheel (`blas_compiler_kwds`), and `add_dense_plasticity`
+``scipy-openblas32`` wheel or Intel MKL (``blas``, `arsim.brian.blas`), and `add_dense_plasticity`
 adds the batch's summed update and the SGD step as two more functions.
 
 Fragility (read before upgrading Brian2)
@@ -61,10 +61,11 @@ from __future__ import annotations
 import numpy as np
 
 from ..rules.base import PLASTICITY_SCALARS
+from .blas import blas_library
 
 
 __all__ = ["TICK_EQUATION", "add_dense_projection", "add_dense_plasticity", "add_controller_drive",
-           "add_error_connections", "add_drive", "add_operation", "add_noise_seed", "blas_compiler_kwds"]
+           "add_error_connections", "add_drive", "add_operation", "add_noise_seed", "blas_compiler_kwds", "select_blas"]
 
 #: shared variable of a dense projection on which the mat-vec functions are called
 TICK_EQUATION = "proj_tick : 1 (shared)"
@@ -85,30 +86,29 @@ def _real() -> str:
     return "float" if np.dtype(prefs.core.default_float_dtype) == np.float32 else "double"
 
 
+#: the CBLAS of the network being built (`select_blas`, called by `arsim.brian.network.build_network`)
+_BLAS = {"name": "openblas"}
+
+
+def select_blas(name: str) -> None:
+    """Make the functions built from now on call the CBLAS ``name`` (`arsim.brian.blas`)."""
+    blas_library(name)  # refuses a library that is not installed, before any code is generated
+    _BLAS["name"] = name
+
+
 def _types() -> dict:
     """Template fields of the floating-point type: ``real`` and the matching CBLAS ``gemm``."""
     real = _real()
-    return {"real": real, "gemm": "scipy_cblas_sgemm" if real == "float" else "scipy_cblas_dgemm"}
+    return {"real": real, "gemm": blas_library(_BLAS["name"]).gemm(real)}
 
 
 def blas_compiler_kwds() -> dict:
-    """Compiler arguments that link a user function to CBLAS (the ``scipy-openblas32`` wheel).
+    """Compiler arguments that link a user function to the selected CBLAS (`arsim.brian.blas`).
 
-    The wheel is the OpenBLAS build numpy and scipy ship, with a ``cblas.h``
-    whose functions carry the ``scipy_`` prefix; the library path is baked
-    into the binary (rpath), so a build belongs to one environment
-    (`arsim.brian.devices` puts the path into the build key).
+    The library path is baked into the binary (rpath), so a build belongs to
+    one environment (`arsim.brian.devices` puts it into the build key).
     """
-    import scipy_openblas32
-
-    lib_dir = scipy_openblas32.get_lib_dir()
-    return {
-        "headers": ['"cblas.h"'],
-        "include_dirs": [scipy_openblas32.get_include_dir()],
-        "libraries": [scipy_openblas32.get_library()],
-        "library_dirs": [lib_dir],
-        "runtime_library_dirs": [lib_dir],
-    }
+    return blas_library(_BLAS["name"]).compiler_kwds()
 
 
 def _array_name(device, owner, var: str) -> str:

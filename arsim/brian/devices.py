@@ -43,6 +43,7 @@ import numpy as np
 
 from .. import __version__
 from .network import Topology, build_network
+from .blas import blas_library
 from .neuron import run_time_terms
 from ..rules import PLASTICITY_SCALARS
 
@@ -112,11 +113,8 @@ def _topology_hash(topo: Topology) -> str:
     import brian2
 
     key = {"topology": asdict(topo), "brian2": brian2.__version__, "arsim": __version__, "source": _model_source_digest()}
-    if topo.copies > 1:
-        import scipy_openblas32
-
-        # the binary links this CBLAS by absolute path (rpath)
-        key["blas"] = [scipy_openblas32.__version__, scipy_openblas32.get_lib_dir()]
+    # the binary links its CBLAS by absolute path (rpath)
+    key["blas"] = blas_library(topo.blas).key
     payload = json.dumps(key, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -380,11 +378,15 @@ class StandaloneRunner(Runner):
                 path = results_dir / f"arsim_input_{key}.dat"
                 value.tofile(path)
                 args.append(f"{spec['arg']}={path}")
-            env = dict(os.environ, LD_BIND_NOW="1")
+            env = dict(os.environ)
+            if self.topology.blas != "mkl":
+                # as Brian2's own runs: symbols bound at start-up, not lazily in the timed steps; MKL's
+                # dispatcher libraries resolve each other lazily and refuse to load when bound at once
+                env["LD_BIND_NOW"] = "1"
             # one BLAS thread unless the user asks for more: on shared cores
             # OpenBLAS's workers spin at a barrier inside every ~0.1 ms dgemm of
             # a batch-parallel step while their partner is descheduled (bench)
-            env.setdefault("OPENBLAS_NUM_THREADS", "1")
+            env.setdefault(blas_library(self.topology.blas).threads_variable, "1")
             proc = subprocess.run(["./main", *args], cwd=self.directory, env=env, capture_output=True, text=True)
             if proc.returncode != 0 or "Error" in proc.stderr:
                 raise RuntimeError(

@@ -52,7 +52,7 @@ from brian2 import Clock, NeuronGroup, Network, StateMonitor, Synapses, TimedArr
 
 from ..activations import ACTIVATION_CODES, brian_functions
 from .cpp_projection import (TICK_EQUATION, add_controller_drive, add_dense_plasticity, add_dense_projection, add_drive,
-                             add_error_connections, add_noise_seed, add_operation)
+                             add_error_connections, add_noise_seed, add_operation, select_blas)
 from .neuron import neuron_equations, run_time_terms, store_code
 from ..rules import PLASTICITY_SCALARS, Rule, make_rule
 
@@ -94,6 +94,8 @@ class Topology:
     precision: str = "float64"
     #: batches per training run (sizes the mirror-noise arrays; 0 outside training)
     n_batches: int = 0
+    #: the CBLAS the C++ links (`arsim.brian.blas`)
+    blas: str = "openblas"
 
     @property
     def n_layers(self) -> int:
@@ -141,6 +143,7 @@ def topology_for(experiment, max_relax: int | None = None, n_samples: int = 1) -
         n_samples=n_samples,
         projection=net.projection,
         precision=net.precision,
+        blas=net.blas,
     )
 
 
@@ -179,8 +182,9 @@ def build_network(topo: Topology) -> BuiltNetwork:
         The layers ``layer0..layerL``, projections ``proj0..proj{L-1}``, the
         input/target `TimedArray` s (one row per sample) and the monitors.
     """
-    # every array and the generated C++ of this network take its precision
+    # every array and the generated C++ of this network take its precision, and its gemm calls its CBLAS
     prefs.core.default_float_dtype = np.dtype(topo.precision).type
+    select_blas(topo.blas)
     n_layers = topo.n_layers
     steps = topo.steps_per_sample
     sample_dt = steps * DT_INTERNAL * second
