@@ -85,9 +85,12 @@ def _forward(value):
 
 
 def _data_spec(value):
-    if value in ("digits", "mnist5k") or (value.startswith("idx:") and len(value) > 4):
+    for prefix in ("idx:", "cifar10:"):
+        if value.startswith(prefix) and len(value) > len(prefix):
+            return None
+    if value in ("digits", "mnist5k"):
         return None
-    return "'digits', 'mnist5k' or 'idx:DIRECTORY'"
+    return "'digits', 'mnist5k', 'idx:DIRECTORY' or 'cifar10:DIRECTORY'"
 
 
 def _sizes(value):
@@ -102,6 +105,18 @@ def _sizes(value):
 RECORDABLE = ("x", "fb")
 
 
+def _input_shape(value):
+    if value and (len(value) != 3 or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in value)):
+        return "[channels, height, width], integers >= 1 (or [] for an MLP)"
+    return None
+
+
+def _layer_list(value):
+    if not all(isinstance(entry, dict) for entry in value):
+        return "a list of tables ([[layers]] with kind = 'conv', 'maxpool' or 'dense')"
+    return None
+
+
 def _record_variables(value):
     allowed = RECORDABLE + tuple(dict.fromkeys(v for cls in RULES.values() for v in cls.recordable))
     if "x" not in value or not all(isinstance(v, str) and v in allowed for v in value):
@@ -111,7 +126,14 @@ def _record_variables(value):
 
 SCHEMA: dict[str, Key] = {
     "name": Key(str, "model", doc="label stored with the results"),
-    "sizes": Key(list, REQUIRED, _sizes, "layer sizes n_0 (input) .. n_L (output)", shape_key=True),
+    "sizes": Key(list, REQUIRED, _sizes, "layer sizes n_0 (input) .. n_L (output); with layers: derived from them", shape_key=True),
+    "input_shape": Key(list, [], _input_shape, "shape [channels, height, width] of the input (with layers)", shape_key=True),
+    "layers": Key(
+        list, [], _layer_list,
+        "a network with convolutions: [[layers]] tables, kind = 'conv' (channels, kernel, stride = 1, padding = 0),"
+        " 'maxpool' (size) or 'dense' (units), the last dense (arsim/layers.py); sizes = [...] alone is an MLP",
+        shape_key=True,
+    ),
     "activation": Key(str, "tanh", _one_of(*ACTIVATIONS), "hidden-layer activation f"),
     "output_activation": Key(
         str, "linear", _one_of(*ACTIVATIONS), "output activation (must be linear with loss = ce: softmax is part of the loss)"
@@ -133,6 +155,16 @@ SCHEMA: dict[str, Key] = {
     "rule": Key(str, "ar", _one_of(*RULES), "credit-assignment rule (docs/rules.md); its parameters go in a table named after it"),
     "feedback": Key(str, "transpose", _one_of(*FEEDBACK_CHOICES), "AR's backward weights in the relaxation (rule = 'ar')", shape_key=True),
     "derivative": Key(bool, True, None, "multiply the feedback by f'(a) of the layer above", shape_key=True),
+    "conv_feedback": Key(
+        str, "same", _one_of("same", *FEEDBACK_CHOICES),
+        "AR's backward kernels of the convolutions (rule = 'ar'): same (as feedback), transpose, learned, random;"
+        " feedback then sets the dense layers' (the AR follow-up's conv / FC conditions)", shape_key=True,
+    ),
+    "conv_derivative": Key(
+        str, "same", _one_of("same", "on", "off"),
+        "f' in the convolutions' feedback (rule = 'ar'): same (as derivative), on, off; derivative then sets the dense layers'",
+        shape_key=True,
+    ),
     "ordering": Key(str, "synchronous", _one_of("synchronous", "sequential"), "layer update order within a step", shape_key=True),
     "forward": Key(
         str, "frozen", _forward,
@@ -168,7 +200,7 @@ SCHEMA: dict[str, Key] = {
     "report_tau": Key(float, 10.0, _positive, "also tabulate x^l's relative error at this time (the paper's 100 steps at dt/tau 0.1)", unit="tau"),
     "record.variables": Key(list, ["x"], _record_variables, "variables recorded during relaxation", shape_key=True),
     "record.every": Key(int, 1, _at_least_one, "record every this many steps", shape_key=True),
-    "train.data": Key(str, "digits", _data_spec, "training data: digits, mnist5k or idx:DIRECTORY (MNIST/Fashion-MNIST IDX files)"),
+    "train.data": Key(str, "digits", _data_spec, "training data: digits, mnist5k, idx:DIRECTORY (MNIST/Fashion-MNIST IDX files) or cifar10:DIRECTORY (CIFAR-10's python batches)"),
     "train.epochs": Key(int, 10, _at_least_one, "training epochs"),
     "train.batch_size": Key(int, 64, _at_least_one, "samples per update (updates summed over the batch)"),
     "train.lr": Key(float, 5e-4, lambda v: None if v >= 0 and math.isfinite(v) else "a finite number >= 0",
@@ -211,7 +243,7 @@ SCHEMA: dict[str, Key] = {
 }
 
 #: keys that only rule = "ar" may change from their defaults
-AR_SWITCHES = ("feedback", "forward")
+AR_SWITCHES = ("feedback", "forward", "conv_feedback", "conv_derivative")
 
 
 def _rule_keys() -> dict:
@@ -229,6 +261,23 @@ SCHEMA.update(RULE_KEYS)
 
 #: keys that are gone, with what replaced them
 _REMOVED_KEYS = {"train.rule": "the top-level key 'rule' (e.g. rule = \"bp\")"}
+
+
+def _sizes_from_layers(flat: dict, source: str) -> None:
+    """Fill in ``sizes`` from ``layers`` and ``input_shape`` (a given ``sizes`` must match them)."""
+    from .layers import LayerError, from_layer_list
+
+    shape = flat.get("input_shape")
+    if not shape:
+        raise ConfigError(f"{source}: layers need input_shape = [channels, height, width] (e.g. [1, 8, 8] for the digits)")
+    try:
+        _, sizes = from_layer_list(shape, flat["layers"])
+    except LayerError as err:
+        raise ConfigError(f"{source}: {err}") from None
+    if "sizes" in flat and list(flat["sizes"]) != sizes:
+        raise ConfigError(f"{source}: sizes = {flat['sizes']} does not match the layers, which give {sizes};"
+                          " expected layers alone (sizes follows from them)")
+    flat["sizes"] = sizes
 
 
 def _flatten(table: dict, prefix: str = "") -> dict:
@@ -286,6 +335,8 @@ def resolve(raw: dict, source: str = "config") -> dict:
         if key not in SCHEMA:
             raise ConfigError(f"{source}: unknown key {key!r}; accepted keys: {', '.join(k for k in SCHEMA if k not in RULE_KEYS)}"
                               " and the rule tables (docs/rules.md)")
+    if flat.get("layers"):
+        _sizes_from_layers(flat, source)
     rule = flat.get("rule", SCHEMA["rule"].default)
     for key in flat:
         if key in RULE_KEYS and key.split(".", 1)[0] != rule:
@@ -358,6 +409,24 @@ def _check_relations(config: dict, source: str) -> None:
             f"{source}: duration = {config['duration']!r} ms is not a positive whole number of"
             f" dt = {config['dt']!r} ms steps; expected duration = k * dt with k >= 1"
         )
+    if config["input_shape"] and not config["layers"] and math.prod(config["input_shape"]) != config["sizes"][0]:
+        raise ConfigError(f"{source}: input_shape = {config['input_shape']} has {math.prod(config['input_shape'])} units"
+                          f" but sizes[0] = {config['sizes'][0]}; expected their product to be the input size")
+    if config["layers"] and not rule.convolutional and any(e.get("kind") in ("conv", "maxpool") for e in config["layers"]):
+        convolutional = ", ".join(repr(name) for name, cls in RULES.items() if cls.convolutional)
+        raise ConfigError(f"{source}: rule = {config['rule']!r} with conv / maxpool layers; expected a rule that runs on"
+                          f" convolutions: {convolutional} (or dense layers only)")
+    convolutions = config["layers"] and any(e.get("kind") == "conv" for e in config["layers"])
+    for key in ("conv_feedback", "conv_derivative"):
+        if config[key] != "same" and not convolutions:
+            raise ConfigError(f"{source}: {key} = {config[key]!r} without conv layers; expected {key} = 'same'"
+                              " or a network with [[layers]] of kind = 'conv'")
+    if config["layers"] and config["forward"] != "frozen" and any(e.get("kind") in ("conv", "maxpool") for e in config["layers"]):
+        raise ConfigError(f"{source}: forward = {config['forward']!r} with conv / maxpool layers; expected forward = 'frozen'"
+                          " (the relaxed forward passes run on dense networks, as in the AR follow-up)")
+    if config["layers"] and config["projection"] != "dense" and any(e.get("kind") in ("conv", "maxpool") for e in config["layers"]):
+        raise ConfigError(f"{source}: projection = {config['projection']!r} with conv / maxpool layers; expected projection = 'dense'"
+                          " (convolutions are C++ im2col + gemm over one kernel array)")
     problem = blas_missing(config["blas"])
     if problem:
         raise ConfigError(f"{source}: {problem}")

@@ -21,14 +21,23 @@ def orthogonal(rng: np.random.Generator, n_rows: int, n_cols: int) -> np.ndarray
     return q if n_rows >= n_cols else q.T
 
 
-def forward_weights(rng: np.random.Generator, sizes, init: str = "normal", std: float = 0.05, columns=None) -> list:
+def forward_weights(rng: np.random.Generator, sizes, init: str = "normal", std: float = 0.05, columns=None,
+                    ops=None) -> list:
     """``W^l`` of shape ``(sizes[l+1], sizes[l])`` for every layer: ``N(0, std^2)`` or `orthogonal`.
 
     ``columns[l]`` (default all) is how many inputs ``W^l`` reads: only that
     block is drawn and the other columns are 0 (GAIT-prop's tower form).
+    With ``ops`` (`arsim.layers`) every ``W^l`` has its projection's
+    ``weight_shape`` (a convolution's kernel; orthogonal: of the kernel as a
+    ``F x C k k`` matrix).
     """
     if init not in INITS:
         raise ValueError(f"init = {init!r}; expected one of {', '.join(repr(i) for i in INITS)}")
+    if ops is not None and any(op.kind == "conv" or op.pool for op in ops):
+        shapes = [op.weight_shape for op in ops]
+        if init == "normal":
+            return [rng.normal(0.0, std, size=shape) for shape in shapes]
+        return [orthogonal(rng, shape[0], int(np.prod(shape[1:]))).reshape(shape) for shape in shapes]
     columns = list(sizes[:-1]) if columns is None else columns
     out = []
     for l in range(len(sizes) - 1):

@@ -42,6 +42,10 @@ class NetworkSpec:
     """The network, its initial weights and its relaxation dynamics (model-file keys of the same names)."""
 
     sizes: tuple
+    #: ``(channels, height, width)`` of the input, with ``layers``
+    input_shape: tuple = ()
+    #: the model file's ``[[layers]]`` entries as sorted ``(key, value)`` tuples (hashable); () for an MLP
+    layers: tuple = ()
     activation: str = "tanh"
     output_activation: str = "linear"
     leaky_slope: float = 0.01
@@ -63,6 +67,24 @@ class NetworkSpec:
     def n_layers(self) -> int:
         """Weight layers L (``len(sizes) - 1``)."""
         return len(self.sizes) - 1
+
+    @property
+    def ops(self) -> tuple:
+        """The projections' geometry and operators (`arsim.layers`): all `Dense` for an MLP."""
+        from .layers import dense_ops, from_layer_list
+
+        if not self.layers:
+            return dense_ops(self.sizes)
+        return from_layer_list(self.input_shape, [dict(entry) for entry in self.layers])[0]
+
+    def learns_bias(self, layer: int) -> bool:
+        """Whether projection ``layer`` has a bias: ``bias``, but never a convolution's (as the AR follow-up's)."""
+        return self.bias and self.ops[layer].kind != "conv"
+
+    @property
+    def convolutional(self) -> bool:
+        """Whether some projection is a convolution or pools its input."""
+        return any(op.kind == "conv" or op.pool for op in self.ops)
 
     @property
     def eta(self) -> float:
@@ -190,6 +212,8 @@ def _same(value):
 #: tests/test_spec.py fails when a key of `arsim.config.SCHEMA` is in neither
 KEY_FIELDS = {
     "sizes": ("network", "sizes", tuple),
+    "input_shape": ("network", "input_shape", tuple),
+    "layers": ("network", "layers", lambda entries: tuple(tuple(sorted(entry.items())) for entry in entries)),
     "activation": ("network", "activation", _same),
     "output_activation": ("network", "output_activation", _same),
     "leaky_slope": ("network", "leaky_slope", _same),
@@ -222,12 +246,19 @@ KEY_FIELDS = {
 }
 
 #: keys typed outside `KEY_FIELDS`: the experiment's own and the rule's (`_rule`)
-OWN_KEYS = ("name", "seed", "rule", "feedback", "derivative", "ordering", "forward")
+OWN_KEYS = ("name", "seed", "rule", "feedback", "derivative", "ordering", "forward", "conv_feedback", "conv_derivative")
 
 
 def _rule(config: Mapping) -> Rule:
     """The rule of a resolved config, with its table's values and AR's switches."""
     name = config["rule"]
     settings = {key: config[f"{name}.{key}"] for key in RULES[name].params}
+    conv_layers = ()
+    if config["layers"]:
+        from .layers import from_layer_list
+
+        ops, _ = from_layer_list(config["input_shape"], config["layers"])
+        conv_layers = tuple(l for l, op in enumerate(ops) if op.kind == "conv")
     return make_rule(name, settings, derivative=config["derivative"], ordering=config["ordering"],
-                     forward=config["forward"], feedback=config["feedback"])
+                     forward=config["forward"], feedback=config["feedback"], conv_feedback=config["conv_feedback"],
+                     conv_derivative=config["conv_derivative"], conv_layers=conv_layers, sizes=config["sizes"])

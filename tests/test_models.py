@@ -9,8 +9,8 @@ from arsim.config import ConfigError, load
 from arsim.models import MODELS_DIR, list_models, resolve_model
 
 ROOT = Path(__file__).resolve().parents[1]
-BUNDLED = ("digits_ar", "digits_forward", "digits_gait", "fig1", "mnist_ar", "mnist_forward", "mnist_gait", "quick",
-           "song_xu_lafferty")
+BUNDLED = ("digits_ar", "digits_cnn", "digits_forward", "digits_gait", "fig1", "mnist_ar", "mnist_cnn", "mnist_forward",
+           "mnist_gait", "quick", "song_xu_lafferty")
 
 
 def test_checkout_models_directory_is_the_package_data():
@@ -33,7 +33,7 @@ def test_resolve_model_paths_names_and_errors(tmp_path, monkeypatch):
     assert resolve_model("missing.toml") == Path("missing.toml")  # a path: config.load reports it missing
     (tmp_path / "quick").write_text('sizes = [2, 2]\n')
     assert resolve_model("quick") == Path("quick")  # an existing path wins over the bundled name
-    with pytest.raises(ConfigError, match=r"'nosuch'.*bundled: digits_ar, digits_forward, digits_gait, fig1, mnist_ar, mnist_forward, mnist_gait, quick, song_xu_lafferty"):
+    with pytest.raises(ConfigError, match=r"'nosuch'.*bundled: digits_ar, digits_cnn, digits_forward, digits_gait, fig1, mnist_ar, mnist_cnn, mnist_forward, mnist_gait, quick, song_xu_lafferty"):
         resolve_model("nosuch")
     (tmp_path / "adir").mkdir()
     with pytest.raises(ConfigError, match="is a directory"):
@@ -48,4 +48,4 @@ def test_models_command_and_unknown_names(capsys):
     for command in (["relax", "nosuch"], ["train", "nosuch", "--quiet"], ["sweep", "nosuch", "--grid", "tau=1.0"]):
         assert main(command) == 2
         err = capsys.readouterr().err.strip()
-        assert len(err.splitlines()) == 1 and "bundled: digits_ar, digits_forward, digits_gait, fig1, mnist_ar, mnist_forward, mnist_gait, quick, song_xu_lafferty" in err, err
+        assert len(err.splitlines()) == 1 and "bundled: digits_ar, digits_cnn, digits_forward, digits_gait, fig1, mnist_ar, mnist_cnn, mnist_forward, mnist_gait, quick, song_xu_lafferty" in err, err

@@ -32,10 +32,13 @@ def test_every_model_file_key_has_one_typed_home():
 def test_bundled_models_type_to_their_values(model):
     config = load(MODELS_DIR / model)
     experiment = Experiment.from_config(config)
-    for key, (part, field, _) in KEY_FIELDS.items():
+    for key, (part, field, convert) in KEY_FIELDS.items():
         value = getattr(getattr(experiment, part), field)
-        expected = tuple(config[key]) if isinstance(config[key], list) else config[key]
+        # a list becomes a tuple (the layer tables: tuples of their sorted items, so the spec stays hashable)
+        expected = convert(config[key]) if key == "layers" else tuple(config[key]) if isinstance(config[key], list) else config[key]
         assert value == expected, key
+    if config["layers"]:
+        assert [dict(entry) for entry in experiment.network.layers] == config["layers"]
     assert (experiment.name, experiment.seed, experiment.rule.name) == (config["name"], config["seed"], config["rule"])
     assert experiment.rule.settings == {k.split(".", 1)[1]: v for k, v in config.items() if k.startswith(config["rule"] + ".")}
     if config["rule"] == "ar":

@@ -101,7 +101,7 @@ def test_installed_arsim_lists_and_relaxes_a_bundled_model_from_another_director
 
     unknown = _run([bin_dir / "arsim", "relax", "no_such_model"], cwd=elsewhere, env=env)
     assert unknown.returncode == 2 and len(unknown.stderr.strip().splitlines()) == 1, unknown.stderr
-    assert "bundled: digits_ar, digits_forward, digits_gait, fig1, mnist_ar, mnist_forward, mnist_gait, quick" in unknown.stderr
+    assert "bundled: digits_ar, digits_cnn, digits_forward, digits_gait, fig1, mnist_ar, mnist_cnn, mnist_forward, mnist_gait, quick" in unknown.stderr
 
     relaxed = _run([bin_dir / "arsim", "relax", "quick", "--set", "sizes=[4, 3, 2]", "--set", "duration=20.0", "--json"],
                    cwd=elsewhere, env=env)

@@ -42,6 +42,8 @@ class ForwardPass:
     xbar: list
     fp: list
     a: list
+    #: per projection, the max pool's argmax of its input (`arsim.layers`; None without a pool or for an MLP)
+    cache: list | None = None
 
 
 @dataclass
@@ -66,13 +68,13 @@ def working_dtype(arrays) -> type:
     return np.float32 if all(np.asarray(a).dtype == np.float32 for a in arrays) else np.float64
 
 
-def forward(W, b, x0, hidden: Activation, output: Activation, loss_name: str) -> ForwardPass:
+def forward(W, b, x0, hidden: Activation, output: Activation, loss_name: str, ops=None) -> ForwardPass:
     """Run the forward sweep.
 
     Parameters
     ----------
     W, b : sequence of ndarray
-        Weights ``(n_{l+1}, n_l)`` and biases ``(n_{l+1},)``.
+        Weights ``(n_{l+1}, n_l)`` (a convolution's: its kernel) and biases ``(n_{l+1},)``.
     x0 : ndarray
         Input, shape ``(n_0,)`` or ``(batch, n_0)``.
     hidden, output : Activation
@@ -80,12 +82,20 @@ def forward(W, b, x0, hidden: Activation, output: Activation, loss_name: str) ->
         the output is the softmax of the pre-activation and ``output`` is
         ignored.
     loss_name : {"mse", "ce"}
+    ops : sequence, optional
+        The projections' operators (`arsim.spec.NetworkSpec.ops`); None: dense.
     """
     x0 = np.asarray(x0, dtype=working_dtype(W))
     xbar, fp, pre = [x0], [np.ones_like(x0)], [x0]
+    cache = [None] * len(W)
     n_layers = len(W)
     for layer in range(n_layers):
-        a = xbar[-1] @ W[layer].T + b[layer]
+        if ops is None:
+            a = xbar[-1] @ W[layer].T + b[layer]
+        else:
+            batch = np.atleast_2d(xbar[-1])
+            drive, cache[layer] = ops[layer].forward(W[layer], batch)
+            a = (drive if xbar[-1].ndim == 2 else drive[0]) + b[layer]
         top = layer == n_layers - 1
         if top and loss_name == "ce":
             xbar.append(softmax(a))
@@ -95,7 +105,7 @@ def forward(W, b, x0, hidden: Activation, output: Activation, loss_name: str) ->
             xbar.append(act.f(a))
             fp.append(act.fprime(a))
         pre.append(a)
-    return ForwardPass(xbar=xbar, fp=fp, a=pre)
+    return ForwardPass(xbar=xbar, fp=fp, a=pre, cache=cache)
 
 
 def loss(out: np.ndarray, target: np.ndarray, loss_name: str) -> float:
@@ -116,8 +126,8 @@ def output_error(out: np.ndarray, target: np.ndarray, loss_name: str) -> np.ndar
     raise ValueError(f"unknown loss {loss_name!r}")
 
 
-def backward(W, fwd: ForwardPass, target: np.ndarray, loss_name: str) -> Gradients:
-    """Exact backprop adjoints and parameter gradients.
+def backward(W, fwd: ForwardPass, target: np.ndarray, loss_name: str, ops=None) -> Gradients:
+    """Exact backprop adjoints and parameter gradients (``ops``: the projections' operators, None: dense).
 
     Returns ``dL/dxbar^l`` for every layer, and ``dL/dW^l``, ``dL/db^l``
     summed over the batch. For ``ce`` the returned ``dxbar[L]`` is the
@@ -131,6 +141,14 @@ def backward(W, fwd: ForwardPass, target: np.ndarray, loss_name: str) -> Gradien
     for layer in range(n_layers - 1, -1, -1):
         delta = dxbar[layer + 1] * fwd.fp[layer + 1]
         pre = fwd.xbar[layer]
+        if ops is not None:
+            single = delta.ndim == 1
+            d, p = np.atleast_2d(delta), np.atleast_2d(pre)
+            dW[layer] = ops[layer].gradient(d, p, fwd.cache[layer])
+            db[layer] = d.sum(axis=0) if not single else delta.copy()
+            adjoint = ops[layer].adjoint(W[layer], d, fwd.cache[layer])
+            dxbar[layer] = adjoint[0] if single else adjoint
+            continue
         if delta.ndim == 1:
             dW[layer] = np.outer(delta, pre)
             db[layer] = delta.copy()

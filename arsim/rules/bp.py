@@ -24,6 +24,7 @@ float64), with the same initial weights, sample order and batches as every rule.
 network: `arsim relax` prints the oracle's own table (zero error by construction).
 """
     simulated = False
+    convolutional = True
     separate_backward = False
     projections = ("dense", "synapses")
 
