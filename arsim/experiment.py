@@ -40,6 +40,7 @@ import numpy as np
 from .config import ConfigError
 from .datasets import Dataset, load_dataset
 from .io import atomic_write_bytes, provenance, save_npz, write_json
+from .layers import exact_feedback
 from .metrics import angle_deg
 from .spec import DataSpec, Experiment
 from .training import BrianTrainer, Params, bp_epoch, chunk_batches, epoch_order, evaluate, init_params
@@ -139,11 +140,12 @@ def _metric_row(experiment: Experiment, params, data, epoch, seconds, samples, a
         rows = [a for a in alignment if a[1] == l]
         row[f"angle_deg_{l}"] = float(np.mean([a[2] for a in rows])) if rows else float("nan")
         row[f"rel_error_{l}"] = float(np.mean([a[3] for a in rows])) if rows else float("nan")
-    rule = experiment.rule
+    rule, ops = experiment.rule, experiment.network.ops
     for l in range(len(params.W)):
         # the angle between the rule's own backward matrix and W^T (NaN where B is W^T or not of W^T's shape)
-        own = rule.separate_backward and params.B[l].shape == params.W[l].T.shape
-        row[f"b_angle_deg_{l}"] = angle_deg(params.B[l], params.W[l].T) if own else float("nan")
+        exact = exact_feedback(ops[l], params.W[l])
+        own = rule.for_layer(l).separate_backward and params.B[l].shape == exact.shape
+        row[f"b_angle_deg_{l}"] = angle_deg(params.B[l], exact) if own else float("nan")
     if rule.counts_repairs:
         row["b_repairs"] = repairs
     for key in rule.diagnostic_keys(len(params.W)):

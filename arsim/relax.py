@@ -18,6 +18,7 @@ from .brian.devices import Runner, get_runner
 from .brian.network import DT_INTERNAL, Topology, topology_for
 from .brian.neuron import run_time_terms
 from .initialise import forward_weights
+from .layers import exact_feedback
 from .reference import oracle
 from .rules import Rule
 from .spec import Experiment, NetworkSpec
@@ -51,9 +52,11 @@ def draw_problem(experiment: Experiment) -> Problem:
     net = experiment.network
     sizes = net.sizes
     n_layers = len(sizes) - 1
-    W = forward_weights(rng, sizes, net.init, net.init_std, experiment.rule.input_columns(sizes))
+    W = forward_weights(rng, sizes, net.init, net.init_std, experiment.rule.input_columns(sizes), ops=net.ops)
     if net.bias:
         b = [rng.normal(0.0, net.init_std, size=sizes[l + 1]) for l in range(n_layers)]
+        # a convolution has no bias (the AR follow-up's conv layers have none)
+        b = [v if net.learns_bias(l) else np.zeros_like(v) for l, v in enumerate(b)]
     else:
         b = [np.zeros(sizes[l + 1]) for l in range(n_layers)]
     B = experiment.rule.initial_backward(W, rng, net.feedback_std)
@@ -235,12 +238,13 @@ def _oracle_relaxation(experiment: Experiment) -> RelaxResult:
     """``rule = "bp"``: the oracle's own backward pass as the "relaxed" state (zero error by construction)."""
     problem = draw_problem(experiment)
     net = experiment.network
-    fwd = oracle.forward(problem.W, problem.b, problem.x_in, net.hidden, net.output, net.loss)
-    bp = oracle.backward(problem.W, fwd, problem.target, net.loss)
+    fwd = oracle.forward(problem.W, problem.b, problem.x_in, net.hidden, net.output, net.loss, ops=net.ops)
+    bp = oracle.backward(problem.W, fwd, problem.target, net.loss, ops=net.ops)
     x = [fwd.xbar[0]] + bp.dxbar[1:]
     result = RelaxResult(
         experiment=experiment, problem=problem, xbar=fwd.xbar, fp=fwd.fp, x=x, t=np.zeros(1),
-        xtrace=[None] + [v[None, :] for v in x[1:]], dW=bp.dW, db=bp.db, bp=bp, B_used=[w.T.copy() for w in problem.W],
+        xtrace=[None] + [v[None, :] for v in x[1:]], dW=bp.dW, db=bp.db, bp=bp,
+        B_used=[exact_feedback(op, w) for op, w in zip(net.ops, problem.W)],
     )
     layer_table(result)
     return result
@@ -293,11 +297,12 @@ def run_relaxation(experiment, device: str = "cpp", runner: Runner | None = None
     # error connections: the learning signal is measured against the simulated prediction mu = Phi xbar
     x, slope, pre = rule.local_factors(values, problem.W, problem.b, xbar, fp, net, raw=raw)
     xtrace = rule.signal_traces(states, problem.W, problem.b, xbar, problem.x_in, net, raw=raw) if topo.record_variables else states
-    dW = [np.outer(x[l + 1] * slope[l + 1], pre[l]) for l in range(n_layers)]
+    ops = net.ops
+    dW = [ops[l].gradient((x[l + 1] * slope[l + 1])[None], pre[l][None], None) for l in range(n_layers)]
     db = [x[l + 1] * slope[l + 1] for l in range(n_layers)]
-    fwd = oracle.forward(problem.W, problem.b, problem.x_in, hidden, output, net.loss)
-    bp = oracle.backward(problem.W, fwd, problem.target, net.loss)
-    W_now = [raw[f"proj{l}.w"].reshape(topo.sizes[l + 1], topo.sizes[l]) for l in range(n_layers)]
+    fwd = oracle.forward(problem.W, problem.b, problem.x_in, hidden, output, net.loss, ops=ops)
+    bp = oracle.backward(problem.W, fwd, problem.target, net.loss, ops=ops)
+    W_now = [raw[f"proj{l}.w"].reshape(w.shape) for l, w in enumerate(problem.W)]
     result = RelaxResult(
         experiment=experiment,
         problem=problem,

@@ -25,6 +25,7 @@ from . import metrics
 from .brian.devices import Runner, get_runner
 from .brian.network import DT_INTERNAL, Topology, topology_for
 from .initialise import forward_weights
+from .layers import exact_feedback
 from .reference import oracle
 from .relax import Problem, network_params, noise_seed
 from .spec import Experiment, NetworkSpec
@@ -77,7 +78,7 @@ def init_params(experiment: Experiment) -> Params:
     rng = np.random.default_rng([experiment.seed, 1])
     net = experiment.network
     sizes = net.sizes
-    W = forward_weights(rng, sizes, net.init, net.init_std, experiment.rule.input_columns(sizes))
+    W = forward_weights(rng, sizes, net.init, net.init_std, experiment.rule.input_columns(sizes), ops=net.ops)
     b = [np.zeros(sizes[l + 1]) for l in range(len(sizes) - 1)]
     B = experiment.rule.initial_backward(W, rng, net.feedback_std)
     return Params(W, b, B, experiment.rule.initial_state(sizes, rng))
@@ -194,7 +195,7 @@ class BrianTrainer:
             out[f"layer{layer}.x_start"] = np.array([self.rule.x_start(net.initial_state, training=True)])
             out[f"layer{layer}.lr"] = np.array([training.lr])
             out[f"layer{layer}.batch_size"] = np.array([training.batch_size])
-            out[f"layer{layer}.learn_bias"] = np.array([1.0 if net.bias else 0.0])
+            out[f"layer{layer}.learn_bias"] = np.array([1.0 if layer >= 1 and net.learns_bias(layer - 1) else 0.0])
         if topo.projection == "dense":
             for layer, values in enumerate(self.rule.plasticity_scalars(training.lr, net.sizes)):
                 for name, value in values.items():
@@ -235,7 +236,7 @@ class BrianTrainer:
         raw = self.runner.run(self.params_for_run(params, x, targets, noise, seed=seed))
         seconds = time.perf_counter() - started
         sizes = topo.sizes
-        W = [raw[f"proj{l}.w"].reshape(sizes[l + 1], sizes[l]) for l in range(topo.n_layers)]
+        W = [raw[f"proj{l}.w"].reshape(w.shape) for l, w in enumerate(params.W)]
         penalty = self.rule.weight_penalty(params.W)
         if penalty is not None:
             if len(x) != self.experiment.training.batch_size:
@@ -267,12 +268,13 @@ class BrianTrainer:
                 continue
             first = boundary - batch
             # the recorded weights are those the batch was computed with (not yet updated)
-            W = [raw[f"align{l}.w"][record].reshape(sizes[l + 1], sizes[l]) for l in range(topo.n_layers)]
+            shapes = [op.weight_shape for op in net.ops]
+            W = [raw[f"align{l}.w"][record].reshape(shapes[l]) for l in range(topo.n_layers)]
             b = [raw[f"alignb{l + 1}.b"][record] for l in range(topo.n_layers)]
-            fwd = oracle.forward(W, b, x[first:boundary], hidden, output, net.loss)
-            bp = oracle.backward(W, fwd, targets[first:boundary], net.loss)
+            fwd = oracle.forward(W, b, x[first:boundary], hidden, output, net.loss, ops=net.ops)
+            bp = oracle.backward(W, fwd, targets[first:boundary], net.loss, ops=net.ops)
             for l in range(topo.n_layers):
-                update = raw[f"align{l}.dw_acc"][record].reshape(sizes[l + 1], sizes[l])
+                update = raw[f"align{l}.dw_acc"][record].reshape(shapes[l])
                 rows.append(
                     (first_batch + boundary // batch, l, metrics.angle_deg(update, bp.dW[l]), metrics.relative_error(update, bp.dW[l]))
                 )
@@ -288,14 +290,15 @@ def bp_epoch(experiment: Experiment, params: Params, x: np.ndarray, targets: np.
     hidden, output = net.hidden, net.output
     batch, lr = experiment.training.batch_size, experiment.training.lr
     new = params.copy()
+    ops = net.ops
     for index, start in enumerate(range(0, len(x) - batch + 1, batch)):
-        fwd = oracle.forward(new.W, new.b, x[start:start + batch], hidden, output, net.loss)
-        grads = oracle.backward(new.W, fwd, targets[start:start + batch], net.loss)
+        fwd = oracle.forward(new.W, new.b, x[start:start + batch], hidden, output, net.loss, ops=ops)
+        grads = oracle.backward(new.W, fwd, targets[start:start + batch], net.loss, ops=ops)
         for l in range(len(new.W)):
             new.W[l] = new.W[l] - lr * grads.dW[l]
-            if net.bias:
+            if net.learns_bias(l):
                 new.b[l] = new.b[l] - lr * grads.db[l]
-        new.B = [w.T.copy() for w in new.W]
+        new.B = [exact_feedback(op, w) for op, w in zip(ops, new.W)]
         if after_batch is not None:
             after_batch(index, new)
     return new
@@ -303,7 +306,7 @@ def bp_epoch(experiment: Experiment, params: Params, x: np.ndarray, targets: np.
 
 def evaluate(network: NetworkSpec, params: Params, x: np.ndarray, labels: np.ndarray, n_classes: int) -> dict:
     """Mean loss per sample and accuracy of the forward network on ``x``."""
-    out = oracle.forward(params.W, params.b, x, network.hidden, network.output, network.loss).xbar[-1]
+    out = oracle.forward(params.W, params.b, x, network.hidden, network.output, network.loss, ops=network.ops).xbar[-1]
     targets = np.eye(n_classes)[labels]
     return {
         "loss": oracle.loss(out, targets, network.loss) / len(x),

@@ -297,7 +297,7 @@ static double {func}(const double tick, const int64_t t_step, const int steps_pe
     {real}* __restrict dw = {dw_acc};
     {real}* __restrict w = {w};
     {backward_decl}
-    for (size_t k = 0; k < (size_t){n_post} * {n_pre}; k++)
+    for (size_t k = 0; k < (size_t){n_weights}; k++)
     {{
         const {real} w_old = w[k];
         w[k] = w_old - lr * (dw[k] + wdecay * w_old);
@@ -512,7 +512,7 @@ def add_dense_projection(syn, pre, post, rule, functions: dict, forward_order: i
 
 
 def add_dense_plasticity(syn, pre, post, rule, functions: dict, copies: int, sample_dt, accumulate_order: int,
-                         apply_order: int, holds_backward: bool, noise_group=None) -> None:
+                         apply_order: int, holds_backward: bool, noise_group=None, op=None) -> None:
     """The learning step of projection ``syn`` (dense projections, any number of copies).
 
     At slot ``start`` of every sample period, ``accumulate_order`` adds the
@@ -536,10 +536,17 @@ def add_dense_plasticity(syn, pre, post, rule, functions: dict, copies: int, sam
         Whether ``syn`` holds the rule's ``wb`` (learned or recomputed here).
     noise_group : NeuronGroup, optional
         The mirror noise of this projection (``v``, one run's worth).
+    op : arsim.layers projection, optional
+        A spatial projection's geometry (convolution or pooled input): its
+        accumulate is `arsim.brian.conv_projection.spatial_accumulate` and its
+        SGD step runs over the kernel's entries.
     """
     from brian2 import get_device
 
+    from .conv_projection import spatial, spatial_accumulate, weight_count
+
     n_pre, n_post = len(pre) // copies, len(post) // copies
+    n_weights = weight_count(op) if spatial(op) else n_pre * n_post
     pre_activity = rule.presynaptic_activity
     primitives = rule.train_primitives if holds_backward else ()
     tied = rule.tied and holds_backward
@@ -612,11 +619,13 @@ def add_dense_plasticity(syn, pre, post, rule, functions: dict, copies: int, sam
 
     accumulate_function = _function(numpy_accumulate, ["float", "integer", "integer", "float", "float", "float"])
     apply_function = _function(numpy_apply, ["float", "integer", "integer", "integer"] + ["float"] * 11)
+    if spatial(op):
+        accumulate_function = spatial_accumulate(syn, pre, post, rule, op, functions, copies, accumulate)
     if _standalone():
         names = _names(get_device(), syn, pre, post)
         decl, delta = _derivative_code(rule, names, "k", derivative=True, update=True)
         fields = dict(**_types(), n_pre=n_pre, n_post=n_post, copies=copies, a_post=names["a_post"],
-                      xbar_pre=names["xbar_pre"], wb=names.get("wb"))
+                      xbar_pre=names["xbar_pre"], wb=names.get("wb"), n_weights=n_weights)
         extra_decl, extra_zero, extra_code = [], [], []
         if "amp" in primitives:
             extra_decl.append(f"{_real()}* __restrict amp = {names['amp_acc']};")
@@ -626,12 +635,13 @@ def add_dense_plasticity(syn, pre, post, rule, functions: dict, copies: int, sam
             extra_decl.append(f"{_real()}* __restrict null_sum = {names['null_acc']};")
             extra_zero.append("null_sum[k] = 0.0;")
             extra_code.append(_NULL_ACCUMULATE_CPP.format(**fields))
-        code = _ACCUMULATE_GEMM_CPP.format(
+        code = None if spatial(op) else _ACCUMULATE_GEMM_CPP.format(
             **fields, func=accumulate, dw_acc=names["dw_acc"], db_acc_post=names["db_acc_post"], x_post=names["x_post"],
             derivative_decl=decl, delta=delta, pre_activity=pre_activity, pre_ptr=names[f"{pre_activity}_pre"],
             extra_decl="\n    ".join(extra_decl), extra_zero="\n            ".join(extra_zero), extra_code="".join(extra_code),
         )
-        _add_cpp(accumulate_function, code, accumulate, blas=True, functions=functions)
+        if code is not None:
+            _add_cpp(accumulate_function, code, accumulate, blas=True, functions=functions)
         backward_decl, backward_step, after = [], "", []
         if holds_backward:
             backward_decl.append(f"{_real()}* __restrict wb = {names['wb']};")
@@ -654,7 +664,7 @@ def add_dense_plasticity(syn, pre, post, rule, functions: dict, copies: int, sam
                 if "null" in primitives:
                     backward_step += "\n        null_sum[k] = 0.0;"
             if sign:
-                after.append(f"for (size_t k = 0; k < (size_t){n_post} * {n_pre}; k++)\n"
+                after.append(f"for (size_t k = 0; k < (size_t){n_weights}; k++)\n"
                              "        wb[k] = b_scale * (({real})(w[k] > 0) - ({real})(w[k] < 0));".replace("{real}", _real()))
             if steps:
                 after.append(_MIRROR_CPP.format(**fields, steps=steps, samples=samples,

@@ -44,6 +44,7 @@ import numpy as np
 from .. import __version__
 from .network import Topology, build_network
 from .blas import blas_library
+from .conv_projection import weight_count
 from .neuron import run_time_terms
 from ..rules import PLASTICITY_SCALARS
 
@@ -179,13 +180,14 @@ def parameter_sizes(topo: Topology) -> dict:
         for index in range(1, n_layers):
             sizes[f"err{index}.w"] = topo.sizes[index] ** 2
     for index in range(n_layers):
-        sizes[f"proj{index}.w"] = topo.sizes[index] * topo.sizes[index + 1]
+        sizes[f"proj{index}.w"] = weight_count(topo.ops[index]) if topo.ops else topo.sizes[index] * topo.sizes[index + 1]
         if topo.train and topo.projection == "dense":
             for name in PLASTICITY_SCALARS:
                 sizes[f"proj{index}.{name}"] = 1
         holder = rule.backward_holder(index, n_layers)
         if holder is not None:
-            sizes[f"{holder}.wb"] = topo.sizes[index] * topo.sizes[rule.feedback_source(index, n_layers)]
+            sizes[f"{holder}.wb"] = (sizes[f"proj{index}.w"] if topo.ops and not rule.direct
+                                     else topo.sizes[index] * topo.sizes[rule.feedback_source(index, n_layers)])
         if topo.train and rule.mirror and holder == f"proj{index}" and index >= 1:
             steps, samples = rule.mirror_shape()
             sizes[f"mirror{index}.v"] = max(1, topo.n_batches) * steps * samples * topo.sizes[index]
@@ -236,7 +238,7 @@ def _reshape_results(topo: Topology, raw: dict) -> dict:
             value = value.reshape(-1, topo.sizes[int(name[len("alignb"):])])
         elif name.startswith("align") and var not in ("t", "N"):
             index = int(name[len("align"):])
-            value = value.reshape(-1, topo.sizes[index] * topo.sizes[index + 1])
+            value = value.reshape(-1, weight_count(topo.ops[index]) if topo.ops else topo.sizes[index] * topo.sizes[index + 1])
         results[key] = value
     return results
 

@@ -53,6 +53,7 @@ from brian2 import Clock, NeuronGroup, Network, StateMonitor, Synapses, TimedArr
 from ..activations import ACTIVATION_CODES, brian_functions
 from .cpp_projection import (TICK_EQUATION, add_controller_drive, add_dense_plasticity, add_dense_projection, add_drive,
                              add_error_connections, add_noise_seed, add_operation, select_blas)
+from .conv_projection import add_spatial_projection, spatial, weight_count
 from .neuron import neuron_equations, run_time_terms, store_code
 from ..rules import PLASTICITY_SCALARS, Rule, make_rule
 
@@ -96,6 +97,11 @@ class Topology:
     n_batches: int = 0
     #: the CBLAS the C++ links (`arsim.brian.blas`)
     blas: str = "openblas"
+    #: the projections' geometry (`arsim.layers`) of a network with convolutions or pools; () for an MLP
+    ops: tuple = ()
+    #: AR's switches of the convolutional projections (``same``: as ``feedback`` / ``derivative``)
+    conv_feedback: str = "same"
+    conv_derivative: str = "same"
 
     @property
     def n_layers(self) -> int:
@@ -120,6 +126,8 @@ class Topology:
     def make_rule(self) -> Rule:
         """The rule object of this topology (its compiled settings; run-time values take defaults)."""
         return make_rule(self.rule, dict(self.rule_build), derivative=self.derivative, ordering=self.ordering,
+                         conv_feedback=self.conv_feedback, conv_derivative=self.conv_derivative,
+                         conv_layers=tuple(l for l, op in enumerate(self.ops) if op.kind == "conv"), sizes=self.sizes,
                          forward=self.forward, feedback=self.feedback)
 
 
@@ -144,6 +152,9 @@ def topology_for(experiment, max_relax: int | None = None, n_samples: int = 1) -
         projection=net.projection,
         precision=net.precision,
         blas=net.blas,
+        ops=net.ops if net.convolutional else (),
+        conv_feedback=rule.conv_feedback,
+        conv_derivative=rule.conv_derivative,
     )
 
 
@@ -254,6 +265,7 @@ def build_network(topo: Topology) -> BuiltNetwork:
     for index in range(n_layers):
         pre, post = layers[index], layers[index + 1]
         holds_backward = rule.backward_holder(index, n_layers) == f"proj{index}"
+        layer_rule = rule.for_layer(index)  # AR's conv switches give a convolution its own feedback and derivative
         # the input layer does not relax: no feedback into it; direct feedback and controllers bring their own
         feeds_back = index >= 1 and not rule.direct and not rule.controllers
         if dense:
@@ -272,11 +284,21 @@ def build_network(topo: Topology) -> BuiltNetwork:
             pre, post, model="\n".join(m for m in model if m), clock=clock,
             namespace=dict(namespace) if dense else namespace, name=f"proj{index}",
         )
-        i, j = projection_indices(topo.sizes[index], topo.sizes[index + 1])  # the first copies
-        syn.connect(i=i, j=j)
-        if dense:
+        op = topo.ops[index] if topo.ops else None
+        if spatial(op):
+            # synapse k holds W^l's entry k (a convolution's: its kernel's, OIHW): storage, not a connection
+            count = weight_count(op)
+            syn.connect(i=np.arange(count) % topo.sizes[index], j=(np.arange(count) // topo.sizes[index]) % topo.sizes[index + 1])
+        else:
+            i, j = projection_indices(topo.sizes[index], topo.sizes[index + 1])  # the first copies
+            syn.connect(i=i, j=j)
+        if spatial(op):
+            add_spatial_projection(syn, pre, post, layer_rule, op, functions=namespace, forward_order=3 * (index + 1) - 2,
+                                   sample_dt=sample_dt, feedback_order=pre.order - 1 if feeds_back else None, copies=copies,
+                                   derivative=layer_rule.derivative)
+        elif dense:
             add_dense_projection(
-                syn, pre, post, rule, functions=namespace,
+                syn, pre, post, layer_rule, functions=namespace,
                 forward_order=3 * (index + 1) - 2, sample_dt=sample_dt,
                 feedback_order=pre.order - 1 if feeds_back else None,
                 current_drive_order=ORDER_CURRENT_DRIVE if rule.needs_current_drive else None, copies=copies,
@@ -293,9 +315,9 @@ def build_network(topo: Topology) -> BuiltNetwork:
                 noise_groups.append(noise)
             # accumulate and apply in C++ (with the bias of post), every period or every batch_size periods
             add_dense_plasticity(
-                syn, pre, post, rule, functions=namespace, copies=copies, sample_dt=sample_dt,
+                syn, pre, post, layer_rule, functions=namespace, copies=copies, sample_dt=sample_dt,
                 accumulate_order=ORDER_ACCUMULATE, apply_order=ORDER_APPLY, holds_backward=holds_backward,
-                noise_group=noise,
+                noise_group=noise, op=op,
             )
         elif topo.train:
             syn.run_regularly(rule.accumulate_code(), dt=sample_dt, when="start", order=ORDER_ACCUMULATE, name=f"proj{index}_accumulate")
@@ -368,7 +390,7 @@ def build_network(topo: Topology) -> BuiltNetwork:
             align_monitors[index] = StateMonitor(
                 syn,
                 ["w", "dw_acc"],
-                record=np.arange(topo.sizes[index] * topo.sizes[index + 1]),
+                record=np.arange(weight_count(topo.ops[index]) if topo.ops else topo.sizes[index] * topo.sizes[index + 1]),
                 dt=topo.align_interval * sample_dt,
                 when="start",
                 order=ORDER_ALIGN,

@@ -17,9 +17,13 @@ FEEDBACK_CHOICES = ("transpose", "learned", "random")
 
 
 def make_rule(name: str, settings: dict | None = None, derivative: bool = True, ordering: str = "synchronous",
-              forward: str = "frozen", feedback: str = "transpose") -> Rule:
-    """Instantiate the rule called ``name``."""
-    return RULES[name](settings, derivative=derivative, ordering=ordering, forward=forward, feedback=feedback)
+              forward: str = "frozen", feedback: str = "transpose", conv_feedback: str = "same", conv_derivative: str = "same",
+              conv_layers=(), sizes=None) -> Rule:
+    """Instantiate the rule called ``name`` (``conv_*``: AR's switches of the convolutional projections ``conv_layers``)."""
+    conv = {}
+    if RULES[name].convolutional:
+        conv = {"conv_feedback": conv_feedback, "conv_derivative": conv_derivative, "conv_layers": conv_layers, "sizes": sizes}
+    return RULES[name](settings, derivative=derivative, ordering=ordering, forward=forward, feedback=feedback, **conv)
 
 
 def cards() -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 from .base import Rule, register
 
 __all__ = ["ActivationRelaxation"]
@@ -37,15 +39,29 @@ the stored `f'^{l+1}`), `fderiv_weight_update` (the update takes `f'(W^l x^l* + 
 digits). arsim's `f'` includes the bias; the authors' code omits it (equal with `bias = false`).
 """
     projections = ("dense", "synapses")
+    convolutional = True
 
-    def __init__(self, settings=None, derivative=True, ordering="synchronous", forward="frozen", feedback="transpose"):
-        super().__init__(settings, derivative, ordering, forward, feedback)
+    def __init__(self, settings=None, derivative=True, ordering="synchronous", forward="frozen", feedback="transpose", **conv):
+        super().__init__(settings, derivative, ordering, forward, feedback, **conv)
         self.separate_backward = feedback != "transpose"
         self.tied = feedback == "learned"
 
+    def for_layer(self, layer):
+        """A convolutional projection's own feedback and derivative (``conv_feedback``, ``conv_derivative``)."""
+        if layer not in self.conv_layers:
+            return self
+        feedback = self.feedback if self.conv_feedback == "same" else self.conv_feedback
+        derivative = self.derivative if self.conv_derivative == "same" else self.conv_derivative == "on"
+        if (feedback, derivative) == (self.feedback, self.derivative):
+            return self
+        view = copy.copy(self)
+        view.feedback, view.derivative, view.conv_layers = feedback, derivative, frozenset()
+        view.separate_backward, view.tied = feedback != "transpose", feedback == "learned"
+        return view
+
     def plasticity_scalars(self, lr, sizes):
         rows = super().plasticity_scalars(lr, sizes)
-        if self.tied:
-            for row in rows:
+        for l, row in enumerate(rows):
+            if self.for_layer(l).tied:
                 row.update(eta_b=lr, c_tied=1.0)
         return rows

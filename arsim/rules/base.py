@@ -164,9 +164,16 @@ class Rule:
     learns_state: ClassVar[bool] = False
     #: model keys `arsim bench --rule` sets for this rule (the benchmark net is ReLU otherwise)
     bench_keys: ClassVar[dict] = {}
+    #: the rule runs on convolutional and pooling projections (`arsim.layers`), not only dense ones
+    convolutional: ClassVar[bool] = False
 
     def __init__(self, settings: dict | None = None, derivative: bool = True, ordering: str = "synchronous",
-                 forward: str = "frozen", feedback: str = "transpose"):
+                 forward: str = "frozen", feedback: str = "transpose", conv_feedback: str = "same",
+                 conv_derivative: str = "same", conv_layers=(), sizes=None):
+        #: AR's switches of the convolutional projections (``same``: as ``feedback`` / ``derivative``) and their indices
+        self.conv_feedback, self.conv_derivative, self.conv_layers = conv_feedback, conv_derivative, frozenset(conv_layers)
+        #: the layers' unit counts where the weights do not tell them (a convolution's kernel; convolutional rules only)
+        self.sizes = tuple(sizes) if sizes is not None else None
         self.settings = {key: spec.default for key, spec in self.params.items()}
         self.settings.update(settings or {})
         self.derivative = derivative
@@ -175,6 +182,10 @@ class Rule:
         #: f' of the relaxation, f' of the update, the update's pre-synaptic activity: from the current state
         self.current_relaxation_derivative, self.current_update_derivative, self.current_presynaptic = FORWARD_VARIANTS[forward]
         self.feedback = feedback
+
+    def for_layer(self, layer: int) -> "Rule":
+        """The rule as projection ``layer`` runs it: itself, or (AR's conv switches) a view with that layer's feedback."""
+        return self
 
     @property
     def frozen_forward(self) -> bool:
@@ -232,20 +243,24 @@ class Rule:
 
     def backward_holder(self, layer: int, n_layers: int) -> str | None:
         """Name of the Synapses holding ``B^layer`` in ``wb`` (None: not simulated, or ``B = W^T``)."""
-        if not self.separate_backward:
+        if not self.for_layer(layer).separate_backward:
             return None
         if self.direct:
             return f"direct{layer}" if layer >= 1 else None
         return f"proj{layer}"
 
     def backward_arrays(self, B: list) -> dict:
-        """Run-time arrays of the backward matrices: ``{"<holder>.wb": B^l[pre, post] by synapse}``."""
+        """Run-time arrays of the backward matrices: ``{"<holder>.wb": B^l[pre, post] by synapse}``.
+
+        A convolution's backward kernel (4-D, `arsim.layers`) goes in as it is, in the layout of ``w``.
+        """
         n_layers = len(B)
         out = {}
         for l in range(n_layers):
             holder = self.backward_holder(l, n_layers)
             if holder is not None:
-                out[f"{holder}.wb"] = B[l].T.ravel()  # synapse k = (post, pre) holds B[pre, post]
+                # synapse k = (post, pre) holds B[pre, post]
+                out[f"{holder}.wb"] = B[l].ravel() if B[l].ndim == 4 else B[l].T.ravel()
         return out
 
     def backward_from_results(self, raw: dict, W: list, previous: list) -> list:
@@ -254,22 +269,35 @@ class Rule:
         out = []
         for l in range(n_layers):
             holder = self.backward_holder(l, n_layers)
-            if holder is not None:
+            if holder is not None and W[l].ndim == 4 and not self.direct:
+                out.append(raw[f"{holder}.wb"].reshape(W[l].shape).copy())  # a convolution's kernel
+            elif holder is not None:
                 n_source = W[self.feedback_source(l, n_layers) - 1].shape[0]
-                out.append(raw[f"{holder}.wb"].reshape(n_source, W[l].shape[1]).T.copy())
-            elif self.separate_backward:
+                out.append(raw[f"{holder}.wb"].reshape(n_source, self._units(W, l)).T.copy())
+            elif self.for_layer(l).separate_backward:
                 out.append(previous[l].copy())
             else:
-                out.append(W[l].T.copy())
+                out.append(W[l].copy() if W[l].ndim == 4 else W[l].T.copy())
         return out
 
     def initial_backward(self, W: list, rng: np.random.Generator, std: float) -> list:
-        """Initial ``B^l`` of shape ``(n_l, n_source)``, ``l = 0..L-1``."""
-        if not self.separate_backward:
-            return [w.T.copy() for w in W]
+        """Initial ``B^l`` of shape ``(n_l, n_source)``, ``l = 0..L-1`` (a convolution's: its kernel's, `arsim.layers`)."""
+        if not any(self.for_layer(l).separate_backward for l in range(len(W))):
+            return [w.copy() if w.ndim == 4 else w.T.copy() for w in W]
+        if not self.direct:
+            # W^T's shape (a pooled dense projection reads fewer units than its layer has); a layer with B = W^T
+            # (AR's conv switches) gets its copy
+            return [rng.normal(0.0, std, size=w.shape if w.ndim == 4 else w.T.shape) if self.for_layer(l).separate_backward
+                    else (w.copy() if w.ndim == 4 else w.T.copy()) for l, w in enumerate(W)]
         n_layers = len(W)
-        sizes = [W[0].shape[1]] + [w.shape[0] for w in W]
+        sizes = [self._units(W, l) for l in range(n_layers + 1)]
         return [rng.normal(0.0, std, size=(sizes[l], sizes[self.feedback_source(l, n_layers)])) for l in range(n_layers)]
+
+    def _units(self, W: list, layer: int) -> int:
+        """Units of layer ``layer``: from the dense weights, or `sizes` (a convolution's kernel does not tell them)."""
+        if self.sizes is not None:
+            return self.sizes[layer]
+        return W[0].shape[1] if layer == 0 else W[layer - 1].shape[0]
 
     def initial_state(self, sizes, rng: np.random.Generator) -> dict:
         """The rule's own arrays beside ``W``, ``b``, ``B`` (npz keys, e.g. PC's ``Phi{l}``), drawn after ``B``."""
@@ -535,23 +563,27 @@ class Rule:
 
     # ------------------------------------------------------------------ numpy reference
 
-    def reference_relax(self, B, xbar, fp, e, eta: float, n_steps: int, current_fp=None) -> list:
+    def reference_relax(self, B, xbar, fp, e, eta: float, n_steps: int, current_fp=None, feedback=None) -> list:
         """Relax the hidden layers of a batch (rows are samples) for ``n_steps`` Euler steps.
 
         ``current_fp(l, x_below)`` gives ``f'(W^{l-1} x^{l-1} + b^{l-1})`` for the
-        relaxed forward pass (None: the stored ``fp``).
+        relaxed forward pass (None: the stored ``fp``); ``feedback(l, carried)``
+        is ``B^l``'s feedback of the carried activity of the layer above (None:
+        the dense ``carried B^l^T``; a convolution's: its transposed convolution,
+        `arsim.layers`).
         """
         from ..reference.euler import initial_state
 
         n_layers = len(xbar) - 1
         x = initial_state(xbar, e, 1.0)
+        feedback = feedback or (lambda layer, carried: carried @ B[layer].T)
 
         def drive(layer):
             source = self.feedback_source(layer, n_layers)
-            if not self.derivative:
-                return x[source] @ B[layer].T
+            if not self.for_layer(layer).derivative:
+                return feedback(layer, x[source])
             slope = fp[source] if current_fp is None else current_fp(source, x[source - 1])
-            return (x[source] * slope) @ B[layer].T
+            return feedback(layer, x[source] * slope)
 
         for _ in range(n_steps):
             if self.ordering == "synchronous":
@@ -577,8 +609,11 @@ class Rule:
         """
         from ..reference import oracle
 
+        from ..layers import feedback_matrix
+
         hidden, output = network.hidden, network.output
-        fwd = oracle.forward(W, b, x_in, hidden, output, network.loss)
+        ops = network.ops if network.convolutional else None
+        fwd = oracle.forward(W, b, x_in, hidden, output, network.loss, ops=ops)
         e = oracle.output_error(fwd.xbar[-1], targets, network.loss)
         n_layers = len(W)
 
@@ -586,14 +621,23 @@ class Rule:
             act = output if layer == n_layers else hidden
             return act.fprime(x_below @ W[layer - 1].T + b[layer - 1])
 
+        feedback = None
+        if ops is not None and not self.direct:  # direct feedback is dense, from the output to every unit
+            def feedback(layer, carried):
+                return ops[layer].adjoint(feedback_matrix(ops[layer], B[layer]), carried, fwd.cache[layer])
+
         x = self.reference_relax(B, fwd.xbar, fwd.fp, e, network.eta, network.n_relax_steps,
-                                 current_fp=current_fp if self.current_relaxation_derivative else None)
+                                 current_fp=current_fp if self.current_relaxation_derivative else None, feedback=feedback)
         if self.current_update_derivative:
             delta = [x[l + 1] * current_fp(l + 1, x[l]) for l in range(n_layers)]
         else:
             delta = [x[l + 1] * fwd.fp[l + 1] for l in range(n_layers)]
         pre = x if self.current_presynaptic else fwd.xbar
-        return [d.T @ pre[l] for l, d in enumerate(delta)], [d.sum(axis=0) for d in delta], fwd.xbar
+        if ops is not None:
+            dW = [ops[l].gradient(d, pre[l], fwd.cache[l]) for l, d in enumerate(delta)]
+        else:
+            dW = [d.T @ pre[l] for l, d in enumerate(delta)]
+        return dW, [d.sum(axis=0) for d in delta], fwd.xbar
 
     def reference_step(self, network, W, b, B, state: dict, x_in, targets, lr: float) -> tuple:
         """``(dW, db, xbar, next_state)`` of one batch: `reference_update` and, with state, `reference_state_update`.
@@ -633,19 +677,20 @@ class Rule:
             penalty = self.weight_penalty(new.W) or [0.0] * len(new.W)
             for l in range(len(new.W)):
                 s = scalars[l]
+                rule = self.for_layer(l)
                 W_old = new.W[l]
                 new.W[l] = W_old - lr * (dW[l] + s["wdecay"] * W_old + penalty[l])
-                if network.bias:
+                if network.learns_bias(l):
                     new.b[l] = new.b[l] - lr * db[l]
-                if not self.separate_backward:
-                    new.B[l] = new.W[l].T.copy()
+                if not rule.separate_backward:
+                    new.B[l] = new.W[l].copy() if new.W[l].ndim == 4 else new.W[l].T.copy()
                     continue
                 if self.direct and l == 0:
                     continue  # D^0 would feed the input, which does not relax
                 B = new.B[l]
-                if self.tied or self.train_primitives:
+                if rule.tied or self.train_primitives:
                     grad = primitives.backward_gradient(
-                        B, W_old, xbar[l], dW[l], tied=s["c_tied"] if self.tied else 0.0,
+                        B, W_old, xbar[l], dW[l], tied=s["c_tied"] if rule.tied else 0.0,
                         decay=s["c_decay"], amp=s["c_amp"], null=s["c_null"],
                     )
                     B = B - s["eta_b"] * grad

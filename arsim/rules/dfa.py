@@ -20,5 +20,10 @@ with `x^L = e` (for a linear or softmax output `f'^L = 1`: `D^l e`), fixed point
 no chain through the layers above. A topology change: one projection from the output to every
 hidden layer (Synapses `direct{l}`, holding `D^l` in `wb`), not a new neuron. Update:
 `dW^{l-1} = -lr (x^l* f'^l) xbar^{l-1}^T`. `B{l}` in the saved arrays is `D^l` (`B0` is unused).
+On a CNN (Han et al. 2019, "Extension of direct feedback alignment to convolutional and recurrent
+neural network") `D^l` projects the error onto every unit of a convolutional layer (a fixed random
+tensor, channels x positions x outputs) and the kernel learns from the sum over its positions.
 """
     direct = True
+    #: Han et al.'s DFA for CNNs: a random fixed D^l into a convolution's units (every position its own column)
+    convolutional = True

@@ -71,7 +71,8 @@ def backward_gradient(B, W, x, dW, tied: float = 0.0, decay: float = 0.0, amp: f
     """
     grad = np.zeros_like(B)
     if tied:
-        grad = grad + tied * dW.T
+        # dB = dW^T; a convolution's backward kernel is in the forward kernel's layout (`arsim.layers`)
+        grad = grad + tied * (dW if dW.ndim == 4 else dW.T)
     grad = grad + 2 * decay * B
     if amp or null:
         r = x @ W.T
