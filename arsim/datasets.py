@@ -19,6 +19,13 @@ package or from files the user already has.
     each raw or gzip-compressed (``.gz`` appended; the Kaggle spelling with a
     dot, ``train-images.idx3-ubyte``, is accepted too). Pixels scaled by 1/255;
     the files' own train/test split is used (``test_fraction`` is ignored).
+``"cifar10:DIRECTORY"``
+    CIFAR-10 in its python version (``cifar-10-python.tar.gz`` unpacked: the
+    pickled batches ``data_batch_1`` .. ``data_batch_5`` and ``test_batch``
+    in DIRECTORY; every ``data_batch_*`` present is read, in name order).
+    Each image is 3 x 32 x 32, stored channel-major as arsim's spatial
+    layers expect (``input_shape = [3, 32, 32]``); pixels scaled by 1/255
+    (the AR follow-up normalised to [-1, 1]); the files' split is used.
 
 All pixels end up as float64 in [0, 1] without further normalisation (as in
 the AR authors' code, SPEC section 6).
@@ -55,7 +62,7 @@ import numpy as np
 
 from .config import ConfigError
 
-__all__ = ["DatasetError", "Dataset", "load_dataset", "read_idx", "IDX_FILES", "SPLIT_STREAM"]
+__all__ = ["DatasetError", "Dataset", "load_dataset", "read_idx", "read_cifar10_batch", "IDX_FILES", "SPLIT_STREAM"]
 
 #: second entry of the seed sequence of the stratified split, ``default_rng([seed, SPLIT_STREAM])``
 SPLIT_STREAM = 3
@@ -71,7 +78,7 @@ IDX_FILES = {
 _IDX_IMAGES_MAGIC = 0x00000803
 _IDX_LABELS_MAGIC = 0x00000801
 _N_CLASSES = 10
-_SPECS = "'digits', 'mnist5k' or 'idx:DIRECTORY'"
+_SPECS = "'digits', 'mnist5k', 'idx:DIRECTORY' or 'cifar10:DIRECTORY'"
 
 
 class DatasetError(ConfigError):
@@ -189,6 +196,11 @@ def load_dataset(spec: str, seed: int, test_fraction: float = 0.2, max_samples: 
         if not directory:
             raise DatasetError(f"train.data = {spec!r} names no directory; expected 'idx:DIRECTORY'")
         data = _load_idx_dir(spec, Path(directory))
+    elif spec.startswith("cifar10:"):
+        directory = spec[len("cifar10:"):]
+        if not directory:
+            raise DatasetError(f"train.data = {spec!r} names no directory; expected 'cifar10:DIRECTORY'")
+        data = _load_cifar10_dir(spec, Path(directory))
     elif spec in ("digits", "mnist5k"):
         if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float, np.floating)) or not 0 < test_fraction < 1:
             raise DatasetError(f"train.test_fraction = {test_fraction!r}; expected a number in (0, 1)")
@@ -387,4 +399,57 @@ def _load_idx_dir(name: str, directory: Path) -> Dataset:
         y_test=y_te.astype(np.int64),
         n_classes=_N_CLASSES,
         source=str(directory),
+    )
+
+
+# --------------------------------------------------------------------------- CIFAR-10 (python batches)
+
+#: pixels of one CIFAR-10 image (3 channels of 32 x 32, channel-major)
+CIFAR10_PIXELS = 3 * 32 * 32
+
+
+def read_cifar10_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One pickled CIFAR-10 batch: ``(images uint8 (n, 3072), labels int64 (n,))``, checked."""
+    import pickle
+
+    try:
+        with open(path, "rb") as handle:
+            batch = pickle.load(handle, encoding="bytes")
+    except OSError as err:
+        raise DatasetError(f"{path}: cannot read the CIFAR-10 batch ({_one_line(err)})") from None
+    except Exception as err:  # a corrupt pickle raises anything from UnpicklingError to EOFError
+        raise DatasetError(f"{path}: not a CIFAR-10 python batch ({type(err).__name__}: {_one_line(err)})") from None
+    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
+        raise DatasetError(f"{path}: not a CIFAR-10 python batch; expected a pickled dict with b'data' and b'labels'")
+    images = np.asarray(batch[b"data"])
+    labels = np.asarray(batch[b"labels"], dtype=np.int64)
+    if images.ndim != 2 or images.shape[1] != CIFAR10_PIXELS or images.dtype != np.uint8:
+        raise DatasetError(f"{path}: b'data' is {images.dtype} of shape {images.shape}; expected uint8 of shape (n, {CIFAR10_PIXELS})")
+    if labels.shape != (images.shape[0],):
+        raise DatasetError(f"{path}: {labels.size} labels for {images.shape[0]} images; expected one label per image")
+    if labels.size and (labels.min() < 0 or labels.max() >= _N_CLASSES):
+        raise DatasetError(f"{path}: labels {labels.min()}..{labels.max()}; expected 0..{_N_CLASSES - 1}")
+    return images, labels
+
+
+def _load_cifar10_dir(name: str, directory: Path) -> Dataset:
+    if not directory.is_dir():
+        raise DatasetError(f"{directory}: CIFAR-10 directory not found (train.data = {name!r}); expected the unpacked"
+                           " cifar-10-batches-py directory")
+    train_files = sorted(directory.glob("data_batch_*"))
+    if not train_files:
+        raise DatasetError(f"{directory}: no data_batch_* file; expected CIFAR-10's python batches (data_batch_1 .. 5, test_batch)")
+    test_file = directory / "test_batch"
+    if not test_file.is_file():
+        raise DatasetError(f"{directory}: no test_batch file; expected CIFAR-10's python batches (data_batch_1 .. 5, test_batch)")
+    train = [read_cifar10_batch(path) for path in train_files]
+    x_te, y_te = read_cifar10_batch(test_file)
+    return Dataset(
+        name=name,
+        x_train=np.concatenate([x for x, _ in train]).astype(np.float64) / 255.0,
+        y_train=np.concatenate([y for _, y in train]),
+        x_test=x_te.astype(np.float64) / 255.0,
+        y_test=y_te,
+        n_classes=_N_CLASSES,
+        source=f"{directory} ({', '.join(p.name for p in train_files)}, test_batch)",
     )

@@ -314,3 +314,61 @@ def test_idx_gzip_corruption(tmp_path, idx_arrays, mangle):
     message = str(info.value)
     assert path.name in message and "gzip" in message, message
     assert "\n" not in message
+
+
+# --------------------------------------------------------------------------- CIFAR-10 python batches
+
+
+def _write_cifar_batch(path, images, labels):
+    import pickle
+
+    with open(path, "wb") as handle:
+        pickle.dump({b"batch_label": b"test", b"labels": list(map(int, labels)), b"data": images,
+                     b"filenames": [b"x.png"] * len(labels)}, handle)
+
+
+@pytest.fixture
+def cifar_dir(tmp_path):
+    """Two training batches and a test batch of CIFAR-10's python format (channel-major uint8 rows)."""
+    rng = np.random.default_rng(4)
+    batches = {}
+    for name, n in (("data_batch_1", 6), ("data_batch_2", 4), ("test_batch", 5)):
+        images = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
+        labels = rng.integers(0, 10, size=n)
+        _write_cifar_batch(tmp_path / name, images, labels)
+        batches[name] = (images, labels)
+    (tmp_path / "batches.meta").write_bytes(b"not read")
+    return tmp_path, batches
+
+
+def test_cifar10_batches_are_read_in_name_order_and_scaled(cifar_dir):
+    directory, batches = cifar_dir
+    data = load_dataset(f"cifar10:{directory}", seed=0)
+    expected = np.concatenate([batches["data_batch_1"][0], batches["data_batch_2"][0]]) / 255.0
+    np.testing.assert_array_equal(data.x_train, expected)
+    np.testing.assert_array_equal(data.y_train, np.concatenate([batches["data_batch_1"][1], batches["data_batch_2"][1]]))
+    np.testing.assert_array_equal(data.x_test, batches["test_batch"][0] / 255.0)
+    assert data.n_features == 3 * 32 * 32 and data.n_classes == 10 and data.n_train == 10 and data.n_test == 5
+    # channel-major: the first 1024 values of a row are the red plane, as input_shape = [3, 32, 32] reads them
+    image = data.x_train[0].reshape(3, 32, 32)
+    assert image[1, 0, 0] == batches["data_batch_1"][0][0, 1024] / 255.0
+
+
+@pytest.mark.parametrize("mangle,needle", [
+    (lambda d: (d / "test_batch").unlink(), "no test_batch"),
+    (lambda d: [p.unlink() for p in d.glob("data_batch_*")], "no data_batch_"),
+    (lambda d: (d / "data_batch_2").write_bytes(b"\x80\x04garbage"), "not a CIFAR-10 python batch"),
+    (lambda d: _write_cifar_batch(d / "data_batch_1", np.zeros((2, 100), dtype=np.uint8), [0, 1]), "expected uint8 of shape (n, 3072)"),
+    (lambda d: _write_cifar_batch(d / "data_batch_1", np.zeros((2, 3072), dtype=np.uint8), [0, 10]), "expected 0..9"),
+])
+def test_cifar10_bad_directories_are_one_line(cifar_dir, mangle, needle):
+    directory, _ = cifar_dir
+    mangle(directory)
+    with pytest.raises(DatasetError) as info:
+        load_dataset(f"cifar10:{directory}", seed=0)
+    assert "\n" not in str(info.value) and needle in str(info.value), str(info.value)
+
+
+def test_cifar10_missing_directory_is_one_line(tmp_path):
+    with pytest.raises(DatasetError, match="CIFAR-10 directory not found"):
+        load_dataset(f"cifar10:{tmp_path / 'nowhere'}", seed=0)
