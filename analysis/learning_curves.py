@@ -55,6 +55,12 @@ VARIANTS = {
     "ar-noderiv": {"derivative": False},
     "ar-learned-noderiv": {"feedback": "learned", "derivative": False},
     "ar-random": {"feedback": "random"},
+    # the AR follow-up's CNN conditions: learned B or no f' in the convolutions only, in the dense layers only
+    # (ar-learned, ar-noderiv and ar-learned-noderiv above are every layer's)
+    "ar-learned-conv": {"conv_feedback": "learned"},
+    "ar-learned-dense": {"feedback": "learned", "conv_feedback": "transpose"},
+    "ar-noderiv-conv": {"conv_derivative": "off"},
+    "ar-noderiv-dense": {"derivative": False, "conv_derivative": "on"},
     # the follow-up paper's relaxed forward passes (SPEC 2), one at a time as the authors ran them, and all at once
     "ar-fderiv-x": {"forward": "fderiv_x_update"},
     "ar-fderiv-w": {"forward": "fderiv_weight_update"},
@@ -104,6 +110,10 @@ LABELS = {
     "ar-noderiv": "AR, no f' in dynamics",
     "ar-learned-noderiv": "AR, learned B + no f'",
     "ar-random": "AR, random fixed B",
+    "ar-learned-conv": "AR, learned B (conv)",
+    "ar-learned-dense": "AR, learned B (dense)",
+    "ar-noderiv-conv": "AR, no f' (conv)",
+    "ar-noderiv-dense": "AR, no f' (dense)",
     "ar-fderiv-x": "AR, f'(current x) in the relaxation",
     "ar-fderiv-w": "AR, f'(relaxed x) in the update",
     "ar-fderiv-both": "AR, f'(current x) in both",

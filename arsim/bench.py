@@ -280,7 +280,7 @@ TRAINING_MODES = {"dense": (("training", "batch"), ("training_by_sample", "sampl
 
 def run_bench(sizes: list, steps: int = 100, repeat: int = 5, train_samples: int = 1024, batch: int = 64,
               overrides: dict | None = None, parts=("relax", "train"), relax_samples: int = 1000, build_root=None,
-              projections=("dense", "synapses"), threads: int | None = None, rules=()) -> dict:
+              projections=("dense", "synapses"), threads: int | None = None, rules=(), models=()) -> dict:
     """Run the benchmark and return every measurement with the machine description.
 
     ``build_root`` is where the builds go (default: a fresh temporary
@@ -288,7 +288,10 @@ def run_bench(sizes: list, steps: int = 100, repeat: int = 5, train_samples: int
     measured when each build was made (stored in its manifest). ``rules``
     (names of `arsim.rules.RULES`) adds, per rule, its dense batch-parallel
     Brian2 training against the rule's batched numpy reference
-    (`arsim.rules.Rule.reference_epoch`), with the rule's defaults.
+    (`arsim.rules.Rule.reference_epoch`), with the rule's defaults. ``models``
+    (resolved model configs, e.g. ``digits_cnn``) adds, per model, its network's
+    batch-parallel training the same way: for a CNN the numpy side is the
+    batched im2col reference of `arsim.layers`.
     """
     import brian2
     import scipy
@@ -338,6 +341,13 @@ def run_bench(sizes: list, steps: int = 100, repeat: int = 5, train_samples: int
             experiment = bench_experiment(sizes, steps, batch, {**(overrides or {}), **RULES[rule].bench_keys,
                                                                 "projection": "dense", "rule": rule, "train.parallel": "batch"})
             result.setdefault("rules", {})[rule] = bench_training(experiment, repeat, train_samples, build_root)
+        for config in models:
+            experiment = Experiment.from_config(config).replace(**{
+                "duration": float(steps), "dt": 1.0, "tau": 10.0, "train.batch_size": batch, "train.align_every": 0,
+                "train.parallel": "batch", **(overrides or {})})
+            row = bench_training(experiment, repeat, train_samples, build_root)
+            row["layers"] = "-".join(map(str, experiment.network.sizes))
+            result.setdefault("models", {})[experiment.name] = row
     return result
 
 
@@ -392,6 +402,15 @@ def format_table(result: dict) -> str:
         lines += [
             f"[rule = {rule}] training, dense, batch of {train['parallel_copies']} at once, {train['samples']} samples per run:",
             f"  Brian2 {train['brian2_samples_per_second']:10.1f} samples/s, numpy reference {train['numpy_samples_per_second']:10.1f};"
+            f" ratio {r['median']:.3f} ({r['min']:.3f}-{r['max']:.3f}); max |dW| {train['max_abs_deviation']:.1e}"
+            f" (tolerance {train['tolerance']:.0e}); compile {train['compile_seconds']:.1f} s",
+        ]
+    for name, train in result.get("models", {}).items():
+        r = train["ratio_brian2_over_numpy"]
+        lines += [
+            f"[model = {name}] training ({train['layers']} units), batch of {train['parallel_copies']} at once, {train['samples']} samples"
+            f" per run, {train['steps_per_sample']} steps/sample:",
+            f"  Brian2 {train['brian2_samples_per_second']:10.1f} samples/s, numpy batched (im2col) {train['numpy_samples_per_second']:10.1f};"
             f" ratio {r['median']:.3f} ({r['min']:.3f}-{r['max']:.3f}); max |dW| {train['max_abs_deviation']:.1e}"
             f" (tolerance {train['tolerance']:.0e}); compile {train['compile_seconds']:.1f} s",
         ]

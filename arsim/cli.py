@@ -173,7 +173,9 @@ def _parse_sizes(text: str) -> list:
 
 
 def _cmd_bench(args) -> int:
+    from . import config as config_mod
     from .bench import format_table, run_bench
+    from .models import resolve_model
 
     sizes = _parse_sizes(args.sizes)
     for name, value, low in (("--steps", args.steps, 1), ("--repeat", args.repeat, 1), ("--samples", args.samples, 1),
@@ -193,7 +195,8 @@ def _cmd_bench(args) -> int:
     result = run_bench(sizes, steps=args.steps, repeat=args.repeat, train_samples=args.samples, overrides=overrides,
                        parts=tuple(args.only) if args.only else ("relax", "train"), relax_samples=args.relax_samples,
                        build_root=build_cache_dir() if args.cached else None, projections=tuple(args.projection or ("dense", "synapses")),
-                       threads=args.threads, rules=tuple(args.rule or ()))
+                       threads=args.threads, rules=tuple(args.rule or ()),
+                       models=tuple(config_mod.load(resolve_model(name)) for name in args.model or ()))
     if args.json:
         json.dump(result, sys.stdout, indent=1, default=_json_safe)
         print()
@@ -260,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="Brian2 projection backend(s) to time (default both)")
     bench.add_argument("--rule", action="append", metavar="NAME",
                        help="also time this rule's training against its numpy reference (repeatable; e.g. --rule kp --rule wm)")
+    bench.add_argument("--model", action="append", metavar="MODEL",
+                       help="add the batch-parallel training of this model's network (e.g. digits_cnn, mnist_cnn; repeatable)")
     bench.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key of the bench network")
     bench.add_argument("--json", action="store_true", help="print the measurements as JSON")
     bench.add_argument("--cached", action="store_true", help="reuse cached builds (compile times are those recorded when built)")

@@ -34,18 +34,25 @@ def test_bench_reports_ratios_of_checked_equal_work(tiny_result):
     assert "batch of 4 at once" in text and "sample by sample" in text
 
 
-def test_bench_rule_rows_of_gait_batch_by_batch_and_of_pal_without_noise(build_dir):
+def test_bench_rows_of_gait_batch_by_batch_of_pal_without_noise_and_of_a_cnn(build_dir):
     """GAIT-prop recomputes its inverses between runs: the Brian2 side runs batch by batch and still equals the reference.
 
     PAL's noise is Brian2's own draw: its row runs at ``pal.sigma = 0`` (the rule's ``bench_keys``), where
     numpy computes the same numbers step by step.
     """
+    from arsim.config import load
+    from arsim.models import resolve_model
+
     result = bench.run_bench([6, 5, 4, 3], steps=7, repeat=1, train_samples=8, batch=4, build_root=build_dir, projections=(),
-                             parts=("train",), rules=("gait", "pal"))
+                             parts=("train",), rules=("gait", "pal"), models=(load(resolve_model("digits_cnn")),))
     for rule in ("gait", "pal"):
         row = result["rules"][rule]
         assert row["samples"] == 8 and row["max_abs_deviation"] <= 1e-9, rule
         assert f"[rule = {rule}] training" in bench.format_table(result)
+    # a CNN's row: Brian2's im2col + gemm against the batched numpy im2col reference of arsim.layers
+    cnn = result["models"]["digits_cnn"]
+    assert cnn["samples"] == 8 and cnn["parallel_copies"] == 4 and cnn["max_abs_deviation"] <= 1e-9
+    assert "[model = digits_cnn] training (64-288-64-10 units)" in bench.format_table(result)
 
 
 def test_bench_refuses_to_compare_unequal_work(monkeypatch, build_dir):

@@ -53,6 +53,8 @@ def ar_epoch_torch(experiment, W: list, b: list, x_in: np.ndarray, targets: np.n
     import torch
 
     net, rule = experiment.network, experiment.rule
+    if net.convolutional:
+        raise ValueError("the torch peer implements dense networks only")
     if rule.name != "ar" or rule.feedback != "transpose" or not rule.frozen_forward or not rule.derivative \
             or rule.ordering != "synchronous" or net.loss != "mse" or net.activation not in _ACTIVATIONS \
             or net.output_activation not in _ACTIVATIONS:
