@@ -173,3 +173,58 @@ def test_arsim_train_and_relax_run_the_digits_cnn_from_the_shell(tmp_path, capsy
     table = json.loads(capsys.readouterr().out)
     assert [row["layer"] for row in table["layers"]] == [1, 2, 3]
     assert all(row["x_rel_error"] < 1e-6 for row in table["layers"])
+
+
+# ---------------------------------------------------------------------------- the plain-Synapses cross-check
+
+NO_POOL = [{"kind": "conv", "channels": 3, "kernel": 3}, {"kind": "conv", "channels": 2, "kernel": 2, "padding": 1, "stride": 2},
+           {"kind": "dense", "units": 4}]
+
+
+@pytest.mark.parametrize("keys", [{}, {"feedback": "learned"}, {"feedback": "random", "derivative": False}],
+                         ids=["exact", "learned", "random-noderiv"])
+def test_the_synapses_path_trains_like_the_fast_path(keys, build_dir):
+    """Linked weights on unrolled Brian2 Synapses against im2col + gemm: the same numbers to 1e-10."""
+    trained = {}
+    for projection in ("dense", "synapses"):
+        config = _config(layers=NO_POOL, input_shape=[2, 6, 6], duration=30.0, projection=projection,
+                         **{"train.parallel": "sample", "train.batch_size": BATCH, "train.lr": 0.05}, **keys)
+        experiment = E(config)
+        x, targets = training_data(config, N_SAMPLES)
+        start = init_params(experiment)
+        trained[projection] = BrianTrainer(experiment, N_SAMPLES).run_chunk(start, x, targets).params
+    for name in ("W", "b", "B"):
+        fast, plain = getattr(trained["dense"], name), getattr(trained["synapses"], name)
+        assert max(float(np.max(np.abs(u - v))) for u, v in zip(fast, plain)) < 1e-10, name
+    assert max(float(np.max(np.abs(u - v))) for u, v in zip(trained["dense"].W, start.W)) > 1e-2
+
+
+def test_every_unrolled_connection_reads_the_one_kernel():
+    """The mnist CNN's convolutions as Synapses: 86,400 and 153,600 connections, 150 and 2,400 distinct weights (H2)."""
+    from brian2 import NeuronGroup
+    from brian2.devices.device import reset_device
+
+    from arsim.brian.conv_synapses import add_conv_synapses, conv_connections
+    from arsim.layers import Conv
+
+    reset_device("runtime")
+    rng = np.random.default_rng(7)
+    for op, connections in ((Conv(in_shape=(1, 28, 28), pool=0, channels=6, kernel=5), 86_400),
+                            (Conv(in_shape=(6, 12, 12), pool=0, channels=16, kernel=5), 153_600)):
+        pre_units, post_units, entries = conv_connections(op)
+        assert len(pre_units) == connections
+        rule = E(resolve({"sizes": [3, 2]})).rule
+        pre, post = NeuronGroup(int(np.prod(op.in_shape)), "xbar : 1\nx : 1\nfp : 1\nfb : 1"), NeuronGroup(
+            int(np.prod(op.out_shape)), "xbar : 1\nx : 1\nfp : 1\na : 1")
+        kernel, (unrolled,) = add_conv_synapses(0, op, pre, post, rule, pre.clock, pre.clock, pre.clock.dt, {}, False, False, False,
+                                                orders={"forward": 1})
+        values = rng.normal(size=kernel.N)
+        kernel.w = values
+        weights = np.asarray(unrolled.w[:])
+        assert len(weights) == connections and len(np.unique(weights)) == kernel.N == np.prod(op.weight_shape)
+        np.testing.assert_array_equal(weights, values[entries])  # synapse s reads kernel entry k[s]
+        # the same pairs as the loops of tests/test_layers.py: a = K * x through the synapses' (pre, post, k)
+        x = rng.normal(size=int(np.prod(op.in_shape)))
+        a = np.zeros(int(np.prod(op.out_shape)))
+        np.add.at(a, post_units, values[entries] * x[pre_units])
+        np.testing.assert_allclose(a, op.forward(values.reshape(op.weight_shape), x[None])[0][0], rtol=0, atol=1e-12)

@@ -164,6 +164,8 @@ def test_layers_fix_sizes_and_refuse_rules_and_sizes_that_do_not_fit():
         resolve({"input_shape": [1, 8, 8], "layers": layers, "sizes": [64, 10, 3]})
     with pytest.raises(ConfigError, match="rule = 'kp' with conv / maxpool layers"):
         resolve({"input_shape": [1, 8, 8], "layers": layers, "rule": "kp"})
+    with pytest.raises(ConfigError, match="projection = 'synapses' with maxpool layers"):
+        resolve({"input_shape": [1, 8, 8], "layers": layers, "projection": "synapses"})
     dense_only = resolve({"input_shape": [1, 8, 8], "layers": [{"kind": "dense", "units": 5}, {"kind": "dense", "units": 3}],
                           "rule": "kp"})
     assert dense_only["sizes"] == [64, 5, 3] and not E(dense_only).network.convolutional

@@ -54,6 +54,7 @@ from ..activations import ACTIVATION_CODES, brian_functions
 from .cpp_projection import (TICK_EQUATION, add_controller_drive, add_dense_plasticity, add_dense_projection, add_drive,
                              add_error_connections, add_noise_seed, add_operation, select_blas)
 from .conv_projection import add_spatial_projection, spatial, weight_count
+from .conv_synapses import add_conv_synapses
 from .neuron import neuron_equations, run_time_terms, store_code
 from ..rules import PLASTICITY_SCALARS, Rule, make_rule
 
@@ -268,6 +269,16 @@ def build_network(topo: Topology) -> BuiltNetwork:
         layer_rule = rule.for_layer(index)  # AR's conv switches give a convolution its own feedback and derivative
         # the input layer does not relax: no feedback into it; direct feedback and controllers bring their own
         feeds_back = index >= 1 and not rule.direct and not rule.controllers
+        op = topo.ops[index] if topo.ops else None
+        if not dense and op is not None and op.kind == "conv":
+            # the plain-Synapses cross-check of a convolution: a kernel group and unrolled connections with linked weights
+            kernel, objects = add_conv_synapses(
+                index, op, pre, post, layer_rule, clock, sample_clock, sample_dt, namespace, topo.train, feeds_back, holds_backward,
+                orders={"forward": 3 * (index + 1) - 2, "sample_sum": ORDER_ACCUMULATE - 1, "accumulate": ORDER_ACCUMULATE,
+                        "apply": ORDER_APPLY})
+            extra.extend(objects)
+            projections.append(kernel)
+            continue
         if dense:
             # the sums (a, anow, fb) are C++ mat-vecs over w / wb (arsim/brian/cpp_projection.py)
             model = ["w : 1", "wb : 1" if holds_backward else "", TICK_EQUATION]
@@ -284,7 +295,6 @@ def build_network(topo: Topology) -> BuiltNetwork:
             pre, post, model="\n".join(m for m in model if m), clock=clock,
             namespace=dict(namespace) if dense else namespace, name=f"proj{index}",
         )
-        op = topo.ops[index] if topo.ops else None
         if spatial(op):
             # synapse k holds W^l's entry k (a convolution's: its kernel's, OIHW): storage, not a connection
             count = weight_count(op)
