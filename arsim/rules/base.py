@@ -271,6 +271,8 @@ class Rule:
             holder = self.backward_holder(l, n_layers)
             if holder is not None and W[l].ndim == 4 and not self.direct:
                 out.append(raw[f"{holder}.wb"].reshape(W[l].shape).copy())  # a convolution's kernel
+            elif holder is not None and not self.direct:
+                out.append(raw[f"{holder}.wb"].reshape(W[l].shape).T.copy())  # W^T's shape (a pooled input: fewer units)
             elif holder is not None:
                 n_source = W[self.feedback_source(l, n_layers) - 1].shape[0]
                 out.append(raw[f"{holder}.wb"].reshape(n_source, self._units(W, l)).T.copy())
