@@ -47,6 +47,7 @@ import time
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -237,15 +238,19 @@ def plot(data: Path, out_dir: Path) -> list:
             ax.plot(eta, reference, "k--", lw=0.8, label="∝ √η_B")
         ax.set(xscale="log", yscale="log", xlabel="η_B (1/ms)", ylabel="final ∠(B¹, W¹ᵀ) (deg)",
                title="(b) residual angle, linear 5-4-3-2")
+        ax.set_xticks(eta, [f"{value:g}" for value in eta])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_yticks([5, 10, 20, 40], ["5", "10", "20", "40"])
         ax.legend()
         epochs = d["c_epoch"]
-        for ax, what, label in ((axes[2], "w0", "hidden weight W⁰"), (axes[3], "b1", "backward weight B¹")):
+        for ax, what, label in ((axes[2], "w0", "hidden weight W⁰"), (axes[3], "b1", "backward weight B¹")):  # noqa: B007
             for rule, color in (("pal", "C0"), ("fa", "C3")):
                 values = d[f"c_{rule}_{what}"]
                 ax.plot(epochs, values.T, color=color, lw=0.6, alpha=0.6)
                 ax.plot([], [], color=color, label=rule.upper())
             ax.axhline(2.0 if what == "w0" else 0.0, color="k", lw=0.6, ls="--")
-            ax.set(xlabel="epoch", ylabel=label, title=f"(c) 1-1-1 teacher-student (teacher W = 2, 2): {what.upper()}")
+            ax.set(xlabel="epoch", ylabel=label, title=f"(c) 1-1-1 teacher-student: {label}")
             ax.legend()
         paths = figure_script.save_figure(fig, out_dir, NAME)
         plt.close(fig)
