@@ -44,8 +44,9 @@ breaks; a warning is printed when `gamma^(L-1)` nears the floating-point cancell
         self.derivative = False
 
     #: the benchmark net (784-300-300-100-10) is a tower; it needs an invertible activation. gamma only scales
-    #: the arithmetic's rounding error (u gamma^-(L-1), above the 1e-9 cross-check at the default 1e-3), not its cost
-    bench_keys = {"activation": "leaky_relu", "leaky_slope": 0.1, "init": "orthogonal", "gait.gamma": 0.1}
+    #: the arithmetic's rounding error (u gamma^-(L-1)), not its cost. Brian2 against numpy after the bench's
+    #: 16 batches: 2.3e-8 at gamma 0.1 (above the 1e-9 cross-check), 9.9e-12 at 0.3; at 1.0 W^1 went singular
+    bench_keys = {"activation": "leaky_relu", "leaky_slope": 0.1, "init": "orthogonal", "gait.gamma": 0.3}
 
     #: the relative rounding error ``u / gamma^(L-1)`` of the bottom layer's error above which a run is warned
     CANCELLATION_WARNING = 1e-6
