@@ -265,8 +265,8 @@ def plot(directory: Path, out_dir: Path, name: str = "learning_curves", variants
         axes[3].set(xlabel="epoch", ylabel="angle(B^1, W^1 T) [deg]", title="backward vs forward weights, layer 1")
         axes[3].legend(fontsize=7, loc="best")
     # the title describes the model as the AR runs ran it (a variant may override lr, sizes or the rule)
-    reference = next(iter(sorted(directory.glob("ar-seed*/run.json"))), None) or next(directory.glob("*/run.json"))
-    config = json.loads(reference.read_text())["config"]
+    reference = sorted(directory.glob("ar-seed*/run.json")) or sorted(directory.glob("*/run.json"))
+    config = json.loads(reference[0].read_text())["config"]
     axes[0].set(xlabel="epoch", ylabel="test accuracy", title="test accuracy (mean, min-max over seeds)")
     axes[1].set(xlabel="epoch", ylabel="train loss per sample", yscale="log", title=f"summed {config['loss']} loss")
     axes[2].set(xlabel="epoch", ylabel="angle to BP gradient [deg]", yscale="log",

@@ -244,7 +244,7 @@ def plot(data: Path, out_dir: Path) -> list:
         ax.set_yticks([5, 10, 20, 40], ["5", "10", "20", "40"])
         ax.legend()
         epochs = d["c_epoch"]
-        for ax, what, label in ((axes[2], "w0", "hidden weight W⁰"), (axes[3], "b1", "backward weight B¹")):  # noqa: B007
+        for ax, what, label in ((axes[2], "w0", "hidden weight W⁰"), (axes[3], "b1", "backward weight B¹")):
             for rule, color in (("pal", "C0"), ("fa", "C3")):
                 values = d[f"c_{rule}_{what}"]
                 ax.plot(epochs, values.T, color=color, lw=0.6, alpha=0.6)

@@ -61,6 +61,9 @@ from .rules import RULES
 from .spec import Experiment
 from .training import BrianTrainer, epoch_order, init_params, train_topology
 
+#: the learning rate of every timed training, the MLP's and a model's alike (the work timed does not depend on it)
+BENCH_LR = 5e-4
+
 __all__ = ["run_bench", "format_table"]
 
 
@@ -270,7 +273,7 @@ def bench_experiment(sizes: list, steps: int, batch: int, overrides: dict | None
     return Experiment.from_raw({
         "name": "bench", "sizes": sizes, "activation": "relu", "output_activation": "linear", "loss": "mse", "bias": True,
         "init_std": 0.05, "tau": 10.0, "dt": 1.0, "duration": float(steps), "seed": 0,
-        "train.batch_size": batch, "train.lr": 5e-4, "train.align_every": 0, **(overrides or {}),
+        "train.batch_size": batch, "train.lr": BENCH_LR, "train.align_every": 0, **(overrides or {}),
     }, "arsim bench")
 
 
@@ -346,7 +349,7 @@ def run_bench(sizes: list, steps: int = 100, repeat: int = 5, train_samples: int
             # blew its weights up to 7e6 within 10 batches, and Brian2 and numpy then part by rounding (3e-3 absolute
             # after 12 batches, 1e-13 relative); the lr does not change the work timed
             experiment = Experiment.from_config(config).replace(**{
-                "duration": float(steps), "dt": 1.0, "tau": 10.0, "train.batch_size": batch, "train.lr": 5e-4,
+                "duration": float(steps), "dt": 1.0, "tau": 10.0, "train.batch_size": batch, "train.lr": BENCH_LR,
                 "train.align_every": 0, "train.parallel": "batch", **(overrides or {})})
             row = bench_training(experiment, repeat, train_samples, build_root)
             row["layers"] = "-".join(map(str, experiment.network.sizes))
