@@ -273,6 +273,26 @@ def _jacobian_eigenvalues(W, B, alpha):
     return np.linalg.eigvals(np.block([[-np.eye(n_below), B], [W, -alpha * np.eye(n_above)]]))
 
 
+@pytest.mark.parametrize("n_above, n_below", [(3, 7), (5, 5), (8, 4), (1, 6), (6, 1)])
+@pytest.mark.parametrize("alpha", [0.0, 0.01, 0.5, 2.0])
+def test_the_jacobian_spectrum_from_the_smaller_product_is_the_full_eigendecomposition(n_above, n_below, alpha):
+    """`jacobian_eigenvalues` (Schur complement through W B or B W) against LAPACK on the full block matrix."""
+    from scipy.optimize import linear_sum_assignment
+
+    from arsim.rules.dinv import jacobian_eigenvalues
+
+    rng = np.random.default_rng(100 * n_above + n_below)
+    for B_kind in ("neg_transpose", "random"):
+        W = rng.normal(0.0, 1.0, size=(n_above, n_below))
+        B = -W.T if B_kind == "neg_transpose" else rng.normal(0.0, 1.0, size=(n_below, n_above))
+        direct = _jacobian_eigenvalues(W, B, alpha)
+        derived = jacobian_eigenvalues(W, B, alpha)
+        assert derived.shape == direct.shape
+        # pair every eigenvalue with one of the other set (a multiset comparison, not nearest neighbours)
+        rows, cols = linear_sum_assignment(np.abs(derived[:, None] - direct[None, :]))
+        assert np.max(np.abs(derived[rows] - direct[cols])) < 1e-7, (B_kind, derived, direct)
+
+
 @pytest.mark.parametrize("case", ["counterexample"] + [f"random{seed}" for seed in range(6)])
 def test_repair_makes_the_jacobian_hurwitz_and_the_euler_map_contracting(case):
     from arsim.rules.dinv import repair_feedback
