@@ -716,6 +716,22 @@ static double {func}(const double tick)
 """
 
 
+_CONTROLLER_DRIVE_GEMM_CPP = """
+static double {func}(const double tick)
+{{
+    // the batch's copies at once: fb (copies x n_post) = X W^T by one gemm, then - x_above * f'_above
+    {gemm}(CblasRowMajor, CblasNoTrans, CblasTrans, {copies}, {n_post}, {n_pre},
+                      1.0, {x_pre}, {n_pre}, {w}, {n_pre}, 0.0, {fb_post}, {n_post});
+    const {real}* __restrict above = {x_above};
+    const {real}* __restrict d = {fp_above};
+    {real}* __restrict out = {fb_post};
+    for (size_t k = 0; k < (size_t){copies} * {n_post}; k++)
+        out[k] -= above[k] * d[k];
+    return tick;
+}}
+"""
+
+
 def add_controller_drive(syn, forward, pre, controllers, above, order: int, copies: int = 1) -> None:
     """Schedule the drive ``fb = W x_pre - x_above * f'_above`` of a controller population (dynamic inversion).
 
@@ -739,7 +755,9 @@ def add_controller_drive(syn, forward, pre, controllers, above, order: int, copi
     function = _function(numpy_drive, ["float"])
     if _standalone():
         device = get_device()
-        code = _CONTROLLER_DRIVE_CPP.format(
+        # the batch-parallel build drives every copy by one gemm, as the dense projections do
+        template = _CONTROLLER_DRIVE_GEMM_CPP if copies > 1 else _CONTROLLER_DRIVE_CPP
+        code = template.format(
             **_types(), func=func, n_pre=n_pre, n_post=n_post, copies=copies,
             w=f"brian::{device.get_array_name(forward.variables['w'], access_data=False)}.data()",
             x_pre=f"brian::{device.get_array_name(pre.variables['x'])}",
@@ -747,7 +765,7 @@ def add_controller_drive(syn, forward, pre, controllers, above, order: int, copi
             fp_above=f"brian::{device.get_array_name(above.variables['fp'])}",
             fb_post=f"brian::{device.get_array_name(controllers.variables['fb'])}",
         )
-        _add_cpp(function, code, func)
+        _add_cpp(function, code, func, blas=copies > 1)
     name = f"{syn.name}_controller_drive"
     syn.namespace[name] = function
     syn.run_regularly(f"proj_tick = {name}(proj_tick)", when="groups", order=order, name=name)
