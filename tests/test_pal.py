@@ -11,9 +11,10 @@ import dataclasses
 
 import numpy as np
 import pytest
+from brian2 import Equations
 
 from arsim import metrics
-from arsim.brian.devices import get_runner
+from arsim.brian.devices import get_runner, parameter_sizes
 from arsim.brian.network import topology_for
 from arsim.cli import main
 from arsim.config import ConfigError, resolve
@@ -85,6 +86,19 @@ def test_a_run_is_reproducible_bit_for_bit_and_the_seed_changes_the_noise(build_
     three = trainer.run_chunk(start, x, targets, first_batch=0, epoch=2).params
     np.testing.assert_array_equal(one.B[1], two.B[1])
     assert np.max(np.abs(one.B[1] - three.B[1])) > 1e-6
+
+
+def test_sigma_zero_compiles_without_noise_and_every_positive_sigma_shares_one_build():
+    def topology(sigma):
+        return topology_for(E(_config(**{"pal.sigma": sigma})))
+
+    noisy, louder, quiet = topology(0.5), topology(2.0), topology(0.0)
+    assert noisy == louder and noisy != quiet
+    assert Equations(noisy.make_rule().neuron_terms()).stochastic_variables == {"xi"} and noisy.make_rule().stochastic
+    assert not Equations(quiet.make_rule().neuron_terms()).stochastic_variables and not quiet.make_rule().stochastic
+    # the noiseless build takes no seed
+    assert any(key.endswith("noise_seed") for key in parameter_sizes(noisy))
+    assert not any(key.endswith("noise_seed") for key in parameter_sizes(quiet))
 
 
 def test_without_noise_B_decays_exactly_geometrically_while_W_learns(build_dir):

@@ -35,7 +35,8 @@ Max et al. 2022/2024 (SPEC 3.9, research/gait_pal_di.md B), in the LE/GLE form o
 hidden unit carries an Ornstein-Uhlenbeck noise `tau_xi dnoise = -noise dt + sigma sqrt(tau_xi) dW_t`, a
 term of the one neuron type integrated by Brian2's `euler` (Euler-Maruyama: the authors' update
 `noise <- (1 - a) noise + sigma sqrt(a) z`, `a = dt/tau_xi`; stationary variance `sigma^2 / (2 - a)`),
-seeded per run from the experiment's seed, epoch and batch, so a run is reproducible bit for bit. In
+seeded per run from the experiment's seed, epoch and batch, so a run is reproducible bit for bit
+(`sigma = 0` compiles a build without the noise term, which draws nothing; every `sigma > 0` shares one). In
 training a noisy rate streams up the network every step, one step per layer as in the authors' pipeline:
 `r^l = f(W^{l-1} r^{l-1} + b^l + noise^l)` (`r^0` the input, no noise at the output), high-passed as
 `rhat = r - lp`, `lp <- lp + (dt/tau_hp)(r - lp)`; and on every step, in the same steps as the errors
@@ -58,10 +59,22 @@ of about `tau_xi + tau_hp`. `arsim relax` relaxes with `B` fixed (it is FA's pas
         "eta_b": Param(float, 2.0, "eta_B", "learning rate of B per unit time", non_negative, unit="1/ms"),
         "alpha": Param(float, 2.5e-5, "alpha", "decay of B relative to the Hebbian term (B* = (c/alpha) W^T)", non_negative),
     }
-    stochastic = True
     recordable = ("noise", "r", "lp")
-    #: both sides of `arsim bench --rule pal` compute the same numbers only without noise; Brian2 still draws it
+    #: both sides of `arsim bench --rule pal` compute the same numbers only without noise (the noiseless build)
     bench_keys = {"pal.sigma": 0.0}
+
+    @classmethod
+    def build_settings(cls, settings: dict) -> tuple:
+        # sigma = 0 compiles without the noise: with `xi` in the equation Brian2 would still draw a normal
+        # per hidden unit, copy and step (72 million per 1,024-sample run) only to multiply it by 0. Every
+        # sigma > 0 shares one build, where sigma stays a run-time value (the key () gives the default).
+        sigma = settings.get("sigma", cls.params["sigma"].default)
+        return (("sigma", 0.0),) if sigma == 0 else ()
+
+    @property
+    def stochastic(self) -> bool:
+        """Whether the build draws noise: ``sigma > 0`` (at ``sigma = 0`` the noise is the constant 0)."""
+        return self.settings["sigma"] > 0
 
     @classmethod
     def check_timing(cls, settings, dt):
@@ -77,8 +90,8 @@ of about `tau_xi + tau_hp`. `arsim relax` relaxes with `B` fixed (it is FA's pas
 
     def neuron_terms(self) -> str:
         # the noise of a unit whose state updater runs (hidden layers) and the streaming rate of every unit
-        return """
-dnoise/dt = -noise / tau_xi + sigma * xi * tau_xi**-0.5 : 1
+        noise = "dnoise/dt = -noise / tau_xi + sigma * xi * tau_xi**-0.5 : 1" if self.stochastic else "noise : 1"
+        return noise + """
 r : 1
 lp : 1
 ar : 1
