@@ -188,6 +188,24 @@ def test_non_finite_weights_at_initialisation_raise_one_line():
         rule.initial_backward(W, None, 0.1)
 
 
+@pytest.mark.parametrize("smallest,stops", [(1e-11, False), (1e-13, True), (0.0, True)])
+def test_a_singular_block_stops_in_one_line_naming_the_layer_and_its_condition_number(smallest, stops):
+    # S^2 = diag(1, ..., 1, smallest): its 1-norm condition number is 1 / smallest (the closed form), against the limit 1e12
+    rule = E(_config(2, 1.0)).rule
+    rng = np.random.default_rng(5)
+    W = [rng.normal(size=(8, 6)), np.linalg.qr(rng.normal(size=(8, 8)))[0], np.diag([1.0] * 7 + [smallest])]
+    if not stops:
+        B, _ = rule.stabilise(W, None, 0.1, "after update 3")
+        np.testing.assert_allclose(B[2] @ W[2], np.eye(8), rtol=0, atol=1e-12)
+        assert 1 / smallest < rule.MAX_CONDITION
+        return
+    with pytest.raises(FloatingPointError) as raised:
+        rule.stabilise(W, None, 0.1, "after update 3")
+    message = str(raised.value)
+    assert "\n" not in message and "W^2 is singular after update 3" in message, message
+    assert f"1-norm condition number {1 / smallest if smallest else np.inf:.3g}" in message, message
+
+
 def test_arsim_train_counts_kink_crossings_per_epoch_and_replays_in_numpy(tmp_path, capfd):
     """The metrics' crossing counts are those of the epoch's batches at the weights each started from."""
     import json

@@ -48,6 +48,10 @@ breaks; a warning is printed when `gamma^(L-1)` nears the floating-point cancell
     #: 16 batches: 2.3e-8 at gamma 0.1 (above the 1e-9 cross-check), 9.9e-12 at 0.3; at 1.0 W^1 went singular
     bench_keys = {"activation": "leaky_relu", "leaky_slope": 0.1, "init": "orthogonal", "gait.gamma": 0.3}
 
+    #: the 1-norm condition number of a square block ``S^l`` at which the run stops: its inverse's relative
+    #: error is about ``u * condition``, 1e-4 in float64
+    MAX_CONDITION = 1e12
+
     #: the relative rounding error ``u / gamma^(L-1)`` of the bottom layer's error above which a run is warned
     CANCELLATION_WARNING = 1e-6
 
@@ -140,12 +144,18 @@ breaks; a warning is printed when `gamma^(L-1)` nears the floating-point cancell
                 out.append(B[l])  # diverged weights are reported as NaN/Inf where the weights are checked
                 continue
             square = W[l][:, :n_out]
-            condition = np.linalg.cond(square)
-            if not condition < 1e12:
-                raise FloatingPointError(f"GAIT-prop: W^{l} is singular {when} (condition number {condition:.3g});"
-                                         " raise gait.orthogonal_reg or lower train.lr")
+            try:
+                inverse_square = np.linalg.inv(square)
+                # the 1-norm condition number from the inverse the run needs anyway: np.linalg.cond's SVD
+                # cost 4 times the inverse (12 of GAIT-prop's ~150 ms per batch on the bench net)
+                condition = np.linalg.norm(square, 1) * np.linalg.norm(inverse_square, 1)
+            except np.linalg.LinAlgError:
+                condition = np.inf  # an exactly singular block (LAPACK found a zero pivot)
+            if not condition < self.MAX_CONDITION:
+                raise FloatingPointError(f"GAIT-prop: W^{l} is singular {when} (1-norm condition number {condition:.3g},"
+                                         f" limit {self.MAX_CONDITION:.0e}); raise gait.orthogonal_reg or lower train.lr")
             inverse = np.zeros((n_in, n_out))
-            inverse[:n_out] = np.linalg.inv(square)  # auxiliary units get no feedback: their displacement stays 0
+            inverse[:n_out] = inverse_square  # auxiliary units get no feedback: their displacement stays 0
             out.append(inverse)
         return out
 
