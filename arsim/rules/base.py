@@ -338,10 +338,17 @@ class Rule:
 
     # ------------------------------------------------------------------ the rule's own terms of the neuron type
 
-    #: the rule's equations draw Brian2 noise (``xi``): every build then seeds its generator at the first
-    #: step from the run-time integer ``noise_seed`` of ``layer0``, so each run is reproducible bit for bit
-    #: (a rule whose noise can be off, like PAL at ``sigma = 0``, makes this a property of its build settings)
-    stochastic: ClassVar[bool] = False
+    @property
+    def stochastic(self) -> bool:
+        """Whether the rule's equations draw Brian2 noise (``xi``).
+
+        Every build of such a rule seeds its generator at the first step from
+        the run-time integer ``noise_seed`` of ``layer0``, so each run is
+        reproducible bit for bit. A rule whose noise can be off (PAL at
+        ``sigma = 0``) decides from its build settings.
+        """
+        return False
+
     #: variables of `neuron_terms` that ``record.variables`` may name beside ``x`` and ``fb``
     recordable: ClassVar[tuple] = ()
 
