@@ -183,7 +183,7 @@ def bench_training(experiment: Experiment, repeat: int, n_samples: int, build_ro
     batch = experiment.training.batch_size
     sizes = experiment.network.sizes
     n_samples = max(batch, (n_samples // batch) * batch)
-    # a rule that changes its weights between runs (GAIT-prop's inverses) trains one batch per run, as arsim train does
+    # a rule that repairs its dynamics between runs (dynamic inversion) trains one batch per run, as arsim train does
     per_run = batch if experiment.rule.updates_between_runs else n_samples
     trainer = BrianTrainer(experiment, per_run, runner=StandaloneRunner(train_topology(experiment, per_run), cache_dir=build_root))
     compile_seconds = trainer.runner.manifest["compile_seconds"]
@@ -226,6 +226,7 @@ def bench_training(experiment: Experiment, repeat: int, n_samples: int, build_ro
     return {
         **peer,
         "samples": n_samples,
+        "samples_per_run": per_run,
         "batch_size": batch,
         "parallel_copies": trainer.topology.copies,
         "steps_per_sample": experiment.network.n_relax_steps,
@@ -406,7 +407,8 @@ def format_table(result: dict) -> str:
     for rule, train in result.get("rules", {}).items():
         r = train["ratio_brian2_over_numpy"]
         lines += [
-            f"[rule = {rule}] training, dense, batch of {train['parallel_copies']} at once, {train['samples']} samples per run:",
+            f"[rule = {rule}] training, dense, batch of {train['parallel_copies']} at once, {train['samples']} samples,"
+            f" {train['samples_per_run']} per run:",
             f"  Brian2 {train['brian2_samples_per_second']:10.1f} samples/s, numpy reference {train['numpy_samples_per_second']:10.1f};"
             f" ratio {r['median']:.3f} ({r['min']:.3f}-{r['max']:.3f}); max |dW| {train['max_abs_deviation']:.1e}"
             f" (tolerance {train['tolerance']:.0e}); compile {train['compile_seconds']:.1f} s",

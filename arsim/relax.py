@@ -274,13 +274,13 @@ def run_relaxation(experiment, device: str = "cpp", runner: Runner | None = None
     rule = experiment.rule
     # before any compilation: an unstable draw is refused in one line
     problem.B, repairs = rule.stabilise(problem.W, problem.B, eta, "with the drawn weights")
-    diagnostics = rule.diagnostics(net, problem.W, problem.b, problem.B, problem.x_in[None], problem.target[None])
     topo = runner.topology if runner is not None else topology_for(experiment)
     runner = runner or get_runner(topo, device)
     n_relax = net.n_relax_steps
     started = time.perf_counter()
     raw = runner.run(network_params(topo, net, problem, n_relax, rule=rule))
     run_seconds = time.perf_counter() - started
+    diagnostics = rule.diagnostics(raw, net)
 
     n_layers = topo.n_layers
     steps_recorded = np.rint(raw[f"monitor{n_layers}.t"] / DT_INTERNAL).astype(int) if topo.record_variables else np.zeros(0, int)

@@ -223,34 +223,26 @@ class BrianTrainer:
             noise = self.mirror_noise(epoch, first_batch)
         eta = self.experiment.network.eta
         if self._stabilised is not None and params.W is self._stabilised[0] and params.B is self._stabilised[1]:
-            B, repairs_before = params.B, 0  # stabilised after the previous run (GAIT-prop: the inverses, an SVD each)
+            B, repairs_before = params.B, 0  # stabilised after the previous run (GAIT-prop: its inverses)
         else:
             B, repairs_before = self.rule.stabilise(params.W, params.B, eta,
                                                     f"before the run of epoch {epoch} at batch {first_batch + 1}")
         if B is not params.B:
             params = dataclasses.replace(params, B=B)
-        net = self.experiment.network
-        diagnostics = self.rule.diagnostics(net, params.W, params.b, params.B, x, targets)
         # a stochastic rule's noise: a stream per (seed, epoch, first batch), so a resumed run draws the same
         seed = noise_seed(self.experiment.seed, epoch, first_batch)
         raw = self.runner.run(self.params_for_run(params, x, targets, noise, seed=seed))
         seconds = time.perf_counter() - started
         sizes = topo.sizes
-        W = [raw[f"proj{l}.w"].reshape(w.shape) for l, w in enumerate(params.W)]
-        penalty = self.rule.weight_penalty(params.W)
-        if penalty is not None:
-            if len(x) != self.experiment.training.batch_size:
-                raise ValueError(f"rule = {self.rule.name!r} penalises its weights between runs: one batch per run, got {len(x)} samples")
-            lr = self.experiment.training.lr
-            W = [w - lr * p for w, p in zip(W, penalty)]
-        W = self.rule.constrain_weights(W)
+        self.rule.check_run(raw, topo.n_layers, epoch, first_batch)
+        W = self.rule.constrain_weights([raw[f"proj{l}.w"].reshape(w.shape) for l, w in enumerate(params.W)])
         b = [raw[f"layer{l + 1}.b"][:sizes[l + 1]].copy() for l in range(topo.n_layers)]
         new = Params(W, b, self.rule.backward_from_results(raw, W, params.B), self.rule.state_from_results(raw, params.state))
         new.B, repairs_after = self.rule.stabilise(new.W, new.B, eta, f"after the run of epoch {epoch} that ended at batch"
                                                    f" {first_batch + len(x) // self.experiment.training.batch_size}")
         self._stabilised = (new.W, new.B)
         return ChunkResult(params=new, alignment=self._alignment(raw, x, targets, first_batch), seconds=seconds,
-                           repairs=repairs_before + repairs_after, diagnostics=diagnostics)
+                           repairs=repairs_before + repairs_after, diagnostics=self.rule.diagnostics(raw, self.experiment.network))
 
     def _alignment(self, raw: dict, x: np.ndarray, targets: np.ndarray, first_batch: int) -> list:
         """Angle and relative error of the recorded batch updates against BP on the same batch."""

@@ -34,8 +34,8 @@ def test_bench_reports_ratios_of_checked_equal_work(tiny_result):
     assert "batch of 4 at once" in text and "sample by sample" in text
 
 
-def test_bench_rows_of_gait_batch_by_batch_of_pal_without_noise_and_of_a_cnn(build_dir):
-    """GAIT-prop recomputes its inverses between runs: the Brian2 side runs batch by batch and still equals the reference.
+def test_bench_rows_of_gait_of_pal_without_noise_and_of_a_cnn(build_dir):
+    """GAIT-prop recomputes its inverses inside the run: both batches run at once and still equal the reference.
 
     PAL's noise is Brian2's own draw: its row runs at ``pal.sigma = 0`` (the rule's ``bench_keys``), where
     numpy computes the same numbers step by step.
@@ -47,8 +47,8 @@ def test_bench_rows_of_gait_batch_by_batch_of_pal_without_noise_and_of_a_cnn(bui
                              parts=("train",), rules=("gait", "pal"), models=(load(resolve_model("digits_cnn")),))
     for rule in ("gait", "pal"):
         row = result["rules"][rule]
-        assert row["samples"] == 8 and row["max_abs_deviation"] <= 1e-9, rule
-        assert f"[rule = {rule}] training" in bench.format_table(result)
+        assert row["samples"] == 8 and row["samples_per_run"] == 8 and row["max_abs_deviation"] <= 1e-9, rule
+        assert f"[rule = {rule}] training, dense, batch of 4 at once, 8 samples, 8 per run" in bench.format_table(result)
     # a CNN's row: Brian2's im2col + gemm against the batched numpy im2col reference of arsim.layers
     cnn = result["models"]["digits_cnn"]
     assert cnn["samples"] == 8 and cnn["parallel_copies"] == 4 and cnn["max_abs_deviation"] <= 1e-9

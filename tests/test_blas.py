@@ -18,6 +18,7 @@ def test_blas_is_in_the_build_key_and_names_the_gemm():
     assert train_topology(E(config), 8).blas == "openblas"
     library = blas.blas_library("openblas")
     assert library.gemm("double") == "scipy_cblas_dgemm" and library.gemm("float") == "scipy_cblas_sgemm"
+    assert library.lapacke("getrf", "double") == "scipy_LAPACKE_dgetrf" and library.lapacke("getri", "float") == "scipy_LAPACKE_sgetri"
     with pytest.raises(ValueError, match="blas = 'atlas'"):
         blas.blas_library("atlas")
 
@@ -50,4 +51,23 @@ def test_training_linked_to_mkl_equals_the_numpy_reference(build_dir, precision)
         assert deviation < tolerance, (name, deviation)
     assert max(float(np.max(np.abs(u - v))) for u, v in zip(trained.W, start.W)) > 1e-2
     # the binary really linked MKL: its build directory's makefile names libmkl_rt
+    assert "mkl_rt" in (trainer.runner.directory / "makefile").read_text()
+
+
+@pytest.mark.skipif(not HAS_MKL, reason="Intel MKL's wheels are not installed (pip install 'arsim[mkl]'; CI's Python 3.13 stack has them)")
+def test_gait_training_inverts_with_mkl_s_lapacke_inside_the_run(build_dir):
+    """GAIT-prop's in-run inverses (LAPACKE getrf/getri) and penalty linked to MKL: three batches equal the reference."""
+    config = resolve({"sizes": [5, 4, 3, 3], "activation": "tanh", "output_activation": "tanh", "bias": True, "init_std": 0.6,
+                      "rule": "gait", "gait.gamma": 0.05, "duration": 30.0,
+                      "train.batch_size": 4, "train.lr": 0.05, "blas": "mkl"})
+    experiment = E(config)
+    x, targets = training_data(config, 12)
+    start = init_params(experiment)
+    trainer = BrianTrainer(experiment, 12)
+    trained = trainer.run_chunk(start, x, targets).params
+    reference = experiment.rule.reference_epoch(experiment, start, x, targets)
+    for name in ("W", "b", "B"):
+        deviation = max(float(np.max(np.abs(u - v))) for u, v in zip(getattr(trained, name), getattr(reference, name)))
+        assert deviation < 1e-10, (name, deviation)
+    assert max(float(np.max(np.abs(u - v))) for u, v in zip(trained.W, start.W)) > 1e-2
     assert "mkl_rt" in (trainer.runner.directory / "makefile").read_text()

@@ -56,10 +56,24 @@ def test_the_relaxed_targets_are_the_authors_targets(steps, eta, gait_runner):
     result = run_relaxation(config, runner=gait_runner(config))
     expected, fwd = _expected(result, config)
     assert not any(expected.crossings)
+    assert result.diagnostics == {"kink_crossings_1": 0, "kink_crossings_2": 0}
     for l in range(1, len(SIZES)):
         signal = expected.errors[l] / fwd.fp[l]
         assert np.max(np.abs(result.x[l] - signal)) < 1e-9 * np.max(np.abs(signal)), l
         assert np.max(np.abs(result.dW[l - 1] - expected.dW[l - 1])) < 1e-9 * np.max(np.abs(expected.dW[l - 1])), l
+
+
+def test_arsim_relax_counts_the_kink_crossings_of_its_relaxed_state(gait_runner):
+    """Large target steps (gamma 3) push units over the kink: the counts are `gait_pass`'s for the same sample."""
+    config = _config(2, 1.0, **{"gait.gamma": 3.0, "seed": 4})
+    result = run_relaxation(config, runner=gait_runner(config))
+    p = result.problem
+    net = E(config).network
+    fwd = oracle.forward(p.W, p.b, p.x_in, net.hidden, net.output, net.loss)
+    e = oracle.output_error(fwd.xbar[-1], p.target, net.loss)
+    crossings = gait_pass(p.W, p.b, fwd, e, 3.0, "leaky_relu", output_activation="linear").crossings
+    assert crossings[1] + crossings[2] > 0, crossings
+    assert result.diagnostics == {"kink_crossings_1": crossings[1], "kink_crossings_2": crossings[2]}
 
 
 def test_the_tower_form_relaxes_to_the_authors_targets(gait_runner):
@@ -179,6 +193,90 @@ def test_one_training_run_is_the_authors_update_plus_the_orthogonality_penalty(t
     for l in range(3):
         np.testing.assert_array_equal(again.W[l], fresh.W[l])
         np.testing.assert_array_equal(again.B[l], fresh.B[l])
+
+
+def _tower_experiment(tmp_path, **keys):
+    """The tiny model as a tower (64-14-12-10): W^1 = [S^1, 0] reads 12 of 14 units, W^2 = [S^2, 0] 10 of 12."""
+    from arsim.config import load
+
+    model = tmp_path / "tower.toml"
+    model.write_text(GAIT_TINY.replace("sizes = [64, 10, 10, 10]", "sizes = [64, 14, 12, 10]"))
+    return E(load(model, [f"{k}={v}" for k, v in {"init": '"normal"', "init_std": 0.4, **keys}.items()]))
+
+
+def _batch_counts(experiment, before, x, targets, batch):
+    """Kink crossings per hidden layer, summed over the batches, each at the weights it started from (`gait_pass`)."""
+    net, counts = experiment.network, np.zeros(3, dtype=int)
+    for index, params in enumerate(before):
+        rows = slice(batch * index, batch * (index + 1))
+        fwd = oracle.forward(params.W, params.b, x[rows], net.hidden, net.output, net.loss)
+        e = oracle.output_error(fwd.xbar[-1], targets[rows], net.loss)
+        counts += gait_pass(params.W, params.b, fwd, e, experiment.rule.gamma, "leaky_relu", 0.1, "linear").crossings[:3]
+    return counts
+
+
+@pytest.mark.parametrize("device", ["cpp", "runtime"])
+def test_a_run_of_several_batches_penalises_inverts_and_counts_inside_the_run(tmp_path, build_dir, device):
+    """Three batches in one run: each update is the authors' plus the penalty, with B^l = (S^l)^-1 after every one.
+
+    The expected weights are the rule's numpy reference epoch (inverses by `np.linalg.inv` between batches),
+    the crossing counts `gait_pass`'s at the weights each batch started from.
+    """
+    from arsim.training import BrianTrainer, init_params
+
+    experiment = _tower_experiment(tmp_path, **{"gait.gamma": 0.5, "train.lr": 0.003})  # large target steps: units cross
+    rng = np.random.default_rng(3)
+    x = rng.uniform(0, 1, size=(48, 64))
+    targets = np.eye(10)[rng.integers(10, size=48)]
+    start = init_params(experiment)
+    result = BrianTrainer(experiment, 48, device=device).run_chunk(start, x, targets)
+    before = [start]
+    expected = experiment.rule.reference_epoch(experiment, start, x, targets, after_batch=lambda i, p: before.append(p.copy()))
+    for l in range(3):
+        assert np.max(np.abs(result.params.W[l] - expected.W[l])) < 1e-10 * np.max(np.abs(expected.W[l])), l
+        np.testing.assert_allclose(result.params.b[l], expected.b[l], rtol=0, atol=1e-10)
+    for l, n in ((1, 12), (2, 10)):
+        # the tower's unread columns stayed 0 although every update's data gradient reaches them
+        assert np.all(result.params.W[l][:, n:] == 0) and np.any(start.W[l] != expected.W[l])
+        np.testing.assert_allclose(result.params.B[l][:n] @ result.params.W[l][:, :n], np.eye(n), rtol=0, atol=1e-10)
+    counts = _batch_counts(experiment, before[:-1], x, targets, 16)
+    assert counts[1] + counts[2] > 0, counts  # the comparison below can fail: some units do cross
+    assert [result.diagnostics["kink_crossings_1"], result.diagnostics["kink_crossings_2"]] == list(counts[1:])
+
+
+@pytest.mark.parametrize("smallest,stops,device", [(1e-11, False, "cpp"), (1e-13, True, "cpp"), (0.0, True, "cpp"),
+                                                   (1e-13, True, "runtime")])
+def test_the_run_s_guard_records_the_first_singular_update_and_its_condition_number(tmp_path, build_dir, smallest, stops,
+                                                                                    device):
+    """S^2 = diag(1, .., 1, smallest) (1-norm condition number 1 / smallest) held fixed by lr = 0, against the limit 1e12."""
+    from arsim.training import BrianTrainer, init_params
+
+    experiment = _tower_experiment(tmp_path)
+    rule = experiment.rule
+    trainer = BrianTrainer(experiment, 48, device=device)
+    params = init_params(experiment)
+    params.W[2] = np.zeros((10, 12))
+    params.W[2][:, :10] = np.diag([1.0] * 9 + [smallest])
+    params.B[2] = np.zeros((12, 10))  # finite: the run itself must find the block singular
+    rng = np.random.default_rng(4)
+    run_params = trainer.params_for_run(params, rng.uniform(0, 1, size=(48, 64)), np.eye(10)[rng.integers(10, size=48)])
+    for layer in range(4):
+        run_params[f"layer{layer}.lr"] = np.array([0.0])
+    raw = trainer.runner.run(run_params)
+    if not stops:
+        assert raw["proj2.singular_update"][0] == 0
+        B = rule.backward_from_results(raw, params.W, params.B)[2]
+        np.testing.assert_allclose(B[:10] @ params.W[2][:, :10], np.eye(10), rtol=0, atol=1e-12)
+        assert np.all(B[10:] == 0)
+        return
+    assert raw["proj2.singular_update"][0] == 1 and raw["proj1.singular_update"][0] == 0  # the first of three
+    condition = raw["proj2.singular_condition"][0]
+    assert (condition == np.inf) if smallest == 0 else abs(condition * smallest - 1) < 1e-6, condition
+    with pytest.raises(FloatingPointError) as raised:
+        rule.check_run(raw, 3, epoch=2, first_batch=3)
+    message = str(raised.value)
+    assert "\n" not in message and "W^2 is singular after update 4 of epoch 2" in message, message
+    assert f"1-norm condition number {condition:.3g}, limit 1e+12" in message, message
 
 
 def test_non_finite_weights_at_initialisation_raise_one_line():

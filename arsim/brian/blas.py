@@ -6,11 +6,12 @@ The batch-parallel projections (`arsim.brian.cpp_projection`) call CBLAS
 
 ``openblas``
     The ``scipy-openblas32`` wheel, the OpenBLAS build numpy and scipy ship
-    (a dependency of arsim): ``cblas.h`` with ``scipy_``-prefixed functions.
+    (a dependency of arsim): ``cblas.h`` with ``scipy_``-prefixed functions,
+    and its LAPACKE (``scipy_LAPACKE_``).
 ``mkl``
     Intel MKL from the ``mkl`` and ``mkl-include`` wheels (``pip install
     'arsim[mkl]'``): ``mkl_cblas.h``, the single dynamic library
-    ``libmkl_rt``, unprefixed functions. Measured on the development
+    ``libmkl_rt``, unprefixed functions (CBLAS and LAPACKE). Measured on the development
     machine (AMD EPYC, 1 thread) it is no faster than OpenBLAS, so OpenBLAS
     stays the default; ``arsim bench --set blas=mkl`` measures it on yours.
 
@@ -43,10 +44,16 @@ class BlasLibrary:
     prefix: str
     #: environment variable of the library's thread count (the runner sets it to 1 unless the user does)
     threads_variable: str
+    #: prefix of the LAPACKE function names (``scipy_LAPACKE_dgetrf`` or ``LAPACKE_dgetrf``)
+    lapacke_prefix: str
 
     def gemm(self, real: str) -> str:
         """The ``gemm`` of the C++ floating-point type ``real`` (``double`` or ``float``)."""
         return f"{self.prefix}{'s' if real == 'float' else 'd'}gemm"
+
+    def lapacke(self, routine: str, real: str) -> str:
+        """The LAPACKE function ``routine`` (e.g. ``getrf``) of the C++ floating-point type ``real``."""
+        return f"{self.lapacke_prefix}{'s' if real == 'float' else 'd'}{routine}"
 
     def compiler_kwds(self) -> dict:
         """Brian2 ``compiler_kwds`` of a user function that calls this CBLAS."""
@@ -71,7 +78,8 @@ def _openblas() -> BlasLibrary:
     import scipy_openblas32
 
     return BlasLibrary("openblas", scipy_openblas32.__version__, "cblas.h", scipy_openblas32.get_include_dir(),
-                       scipy_openblas32.get_lib_dir(), scipy_openblas32.get_library(), "scipy_cblas_", "OPENBLAS_NUM_THREADS")
+                       scipy_openblas32.get_lib_dir(), scipy_openblas32.get_library(), "scipy_cblas_", "OPENBLAS_NUM_THREADS",
+                       "scipy_LAPACKE_")
 
 
 def _installed_file(distribution: str, pattern: str) -> Path | None:
@@ -96,7 +104,7 @@ def _mkl() -> BlasLibrary:
     if header is None or library is None:
         raise ModuleNotFoundError(missing("mkl"))
     return BlasLibrary("mkl", metadata.version("mkl"), "mkl_cblas.h", str(header.parent), str(library.parent),
-                       f":{library.name}", "cblas_", "MKL_NUM_THREADS")
+                       f":{library.name}", "cblas_", "MKL_NUM_THREADS", "LAPACKE_")
 
 
 def missing(name: str) -> str | None:

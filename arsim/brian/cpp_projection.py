@@ -60,15 +60,21 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..activations import ACTIVATION_CODES
 from ..rules.base import PLASTICITY_SCALARS
 from .blas import blas_library
 
 
-__all__ = ["TICK_EQUATION", "add_dense_projection", "add_dense_plasticity", "add_controller_drive",
+__all__ = ["TICK_EQUATION", "SHARED_COUNTERS", "add_dense_projection", "add_dense_plasticity", "add_controller_drive",
            "add_error_connections", "add_drive", "add_operation", "add_noise_seed", "blas_compiler_kwds", "select_blas"]
 
 #: shared variable of a dense projection on which the mat-vec functions are called
 TICK_EQUATION = "proj_tick : 1 (shared)"
+
+#: shared variables a run writes and `arsim.brian.devices` reads back: the kink crossings the run counted
+#: (`arsim.rules.base.Rule.counts_kinks`) and the first update after which ``S^l`` was singular, with its
+#: condition number (`arsim.rules.base.Rule.inverse_feedback`)
+SHARED_COUNTERS = ("kinks", "singular_update", "singular_condition")
 
 
 def _standalone() -> bool:
@@ -126,8 +132,11 @@ def _names(device, syn, pre, post) -> dict:
     for var in ("w", "wb", "dw_acc", "amp_acc", "null_acc"):
         if var in syn.variables:
             names[var] = f"brian::{device.get_array_name(syn.variables[var], access_data=False)}.data()"
+    for var in SHARED_COUNTERS:
+        if var in syn.variables:
+            names[var] = f"brian::{device.get_array_name(syn.variables[var])}"  # a shared variable: a static array
     for prefix, group in (("pre", pre), ("post", post)):
-        for var in ("x", "xbar", "fp", "fb", "a", "anow", "b", "db_acc", "mu"):
+        for var in ("x", "xbar", "fp", "fb", "a", "anow", "b", "db_acc", "mu", "err_gain"):
             if var in group.variables:
                 names[f"{var}_{prefix}"] = f"brian::{device.get_array_name(group.variables[var])}"
     return names
@@ -238,6 +247,7 @@ static double {func}(const double tick, const int gate, const int kind, const do
         }}
         for (int j = 0; j < {n_post}; j++)
             db[j] = 0.0;
+        {extra_reset}
         return tick;
     }}
     static std::vector<{real}> delta_buffer({copies} * {n_post});
@@ -277,11 +287,30 @@ _NULL_ACCUMULATE_CPP = """
                       1.0, {a_post}, {n_post}, Q, {n_pre}, 1.0, null_sum, {n_pre});
 """
 
+# the kink crossings of the relaxed state (GAIT-prop): units whose carried argument xbar - g f'^2 x
+# lies on the other side of the leaky ReLU's kink than xbar (g: the layer's err_gain, gamma)
+_KINK_COUNT_CPP = """
+    if (kind == {leaky_code})
+    {{
+        const {real}* __restrict above = {xbar_post};
+        const {real}* __restrict slope_fp = {fp_post};
+        const {real} g = {err_gain_post}[0];
+        int64_t crossed = 0;
+        for (int k = 0; k < {copies} * {n_post}; k++)
+        {{
+            const {real} argument = above[k] - g * slope_fp[k] * slope_fp[k] * x[k];
+            crossed += (argument >= 0) != (above[k] >= 0);
+        }}
+        {kinks}[0] += crossed;
+    }}
+"""
+
 _APPLY_CPP = """
+{declarations}
 static double {func}(const double tick, const int64_t t_step, const int steps_per_sample, const int batch_size,
                      const double lr, const double wdecay, const double eta_b, const double c_tied, const double c_decay,
                      const double c_amp, const double c_null, const double b_scale, const double m_eta,
-                     const double m_decay, const double m_amp)
+                     const double m_decay, const double m_amp, const double c_orth)
 {{
     // at the end of a batch: the SGD step w <- w - lr (dw + wdecay w), every copy of the
     // bias -= lr db, the rule's backward step on wb (arsim.rules.base.PLASTICITY_SCALARS),
@@ -297,6 +326,7 @@ static double {func}(const double tick, const int64_t t_step, const int steps_pe
     {real}* __restrict dw = {dw_acc};
     {real}* __restrict w = {w};
     {backward_decl}
+    {before_code}
     for (size_t k = 0; k < (size_t){n_weights}; k++)
     {{
         const {real} w_old = w[k];
@@ -314,6 +344,98 @@ static double {func}(const double tick, const int64_t t_step, const int steps_pe
     {after_code}
     return tick;
 }}
+"""
+
+# the soft orthogonality penalty (GAIT-prop), from the weights the batch was computed with: dw += 4 c_orth
+# W (G - diag G), G = W^T W over the m columns W reads (the others are 0, and so is their penalty)
+_ORTHOGONALITY_CPP = """
+    if (c_orth != 0)
+    {{
+        static std::vector<{real}> gram_buffer((size_t){columns} * {columns});
+        {real}* __restrict G = gram_buffer.data();
+        {gemm}(CblasRowMajor, CblasTrans, CblasNoTrans, {columns}, {columns}, {n_post},
+                          1.0, w, {n_pre}, w, {n_pre}, 0.0, G, {columns});
+        for (int i = 0; i < {columns}; i++)
+            G[(size_t)i * {columns} + i] = 0.0;
+        {gemm}(CblasRowMajor, CblasNoTrans, CblasNoTrans, {n_post}, {columns}, {columns},
+                          4.0 * c_orth, w, {n_pre}, G, {columns}, 1.0, dw, {n_pre});
+    }}
+"""
+
+# the columns beyond those W reads stay 0 (GAIT-prop's tower form, `Rule.constrain_weights`)
+_ZERO_COLUMNS_CPP = """
+    for (int j = 0; j < {n_post}; j++)
+        for (int i = {columns}; i < {n_pre}; i++)
+            w[(size_t)j * {n_pre} + i] = 0.0;
+"""
+
+# the exact inverse of S = W[:, :n] (n = n_post) after the update, into wb = B^T with B = [S^-1; 0]:
+# S's row-major copy is S^T column-major, whose LAPACK inverse (S^T)^-1 column-major is S^-1 row-major.
+# The guard is the 1-norm condition number ||S||_1 ||S^-1||_1 (numpy's side: arsim.rules.gait); the first
+# singular update and its number are recorded for `Rule.check_run`, and wb becomes NaN
+_INVERSE_CPP = """
+    {{
+        static std::vector<{real}> square_buffer((size_t){n_post} * {n_post});
+        static std::vector<int> pivots({n_post});
+        {real}* __restrict A = square_buffer.data();
+        // the maxima skip NaN: the totals decide whether a matrix is finite
+        double norm = 0.0, total = 0.0;
+        for (int i = 0; i < {n_post}; i++)
+        {{
+            double column = 0.0;
+            for (int j = 0; j < {n_post}; j++)
+                column += fabs((double)w[(size_t)j * {n_pre} + i]);
+            norm = column > norm ? column : norm;
+            total += column;
+        }}
+        if (!std::isfinite(total))
+            norm = NAN;
+        for (int j = 0; j < {n_post}; j++)
+            for (int i = 0; i < {n_post}; i++)
+                A[(size_t)j * {n_post} + i] = w[(size_t)j * {n_pre} + i];
+        double condition = INFINITY;
+        if (std::isfinite(norm))
+        {{
+            int info = {getrf}(102, {n_post}, {n_post}, A, {n_post}, pivots.data());
+            if (info == 0)
+                info = {getri}(102, {n_post}, A, {n_post}, pivots.data());
+            if (info == 0)
+            {{
+                double inverse_norm = 0.0, inverse_total = 0.0;
+                for (int j = 0; j < {n_post}; j++)
+                {{
+                    double column = 0.0;
+                    for (int i = 0; i < {n_post}; i++)
+                        column += fabs((double)A[(size_t)i * {n_post} + j]);
+                    inverse_norm = column > inverse_norm ? column : inverse_norm;
+                    inverse_total += column;
+                }}
+                condition = std::isfinite(inverse_total) ? norm * inverse_norm : NAN;
+            }}
+        }}
+        if (!(condition < {max_condition}))
+        {{
+            // diverged weights (norm not finite) are reported where the weights are checked
+            if (std::isfinite(norm) && {singular_update}[0] == 0)
+            {{
+                {singular_update}[0] = batch_index + 1;
+                {singular_condition}[0] = condition;
+            }}
+            for (size_t k = 0; k < (size_t){n_post} * {n_pre}; k++)
+                wb[k] = NAN;
+        }}
+        else
+        {{
+            for (int j = 0; j < {n_post}; j++)
+                for (int i = 0; i < {n_pre}; i++)
+                    wb[(size_t)j * {n_pre} + i] = i < {n_post} ? A[(size_t)i * {n_post} + j] : 0.0;
+        }}
+    }}
+"""
+
+_LAPACKE_DECLARATIONS = """
+extern "C" int {getrf}(int layout, int m, int n, {real}* a, int lda, int* ipiv);
+extern "C" int {getri}(int layout, int n, {real}* a, int lda, const int* ipiv);
 """
 
 # the mirror phase (weight mirror): per step, noise X (M x n_pre) from the run's noise
@@ -511,8 +633,32 @@ def add_dense_projection(syn, pre, post, rule, functions: dict, forward_order: i
         )
 
 
+def _numpy_inverse(syn, W, n_pre: int, n_post: int, max_condition: float, batch_index: int) -> None:
+    """`_INVERSE_CPP` for the runtime target: ``wb`` from the inverse of ``W[:, :n_post]``, with the same guard."""
+    square = W[:, :n_post]
+    norm = np.linalg.norm(square, 1)
+    condition, inverse = np.inf, None
+    if np.isfinite(norm):
+        try:
+            inverse = np.linalg.inv(square)
+            condition = norm * np.linalg.norm(inverse, 1)
+        except np.linalg.LinAlgError:
+            pass  # an exactly singular block: infinite condition number
+    wb = syn.variables["wb"].get_value()
+    if not condition < max_condition:
+        if np.isfinite(norm) and syn.variables["singular_update"].get_value()[0] == 0:
+            syn.variables["singular_update"].get_value()[0] = batch_index + 1
+            syn.variables["singular_condition"].get_value()[0] = condition
+        wb[:] = np.nan
+        return
+    full = np.zeros((n_pre, n_post))
+    full[:n_post] = inverse
+    wb[:] = full.T.ravel()
+
+
 def add_dense_plasticity(syn, pre, post, rule, functions: dict, copies: int, sample_dt, accumulate_order: int,
-                         apply_order: int, holds_backward: bool, noise_group=None, op=None) -> None:
+                         apply_order: int, holds_backward: bool, noise_group=None, op=None, columns: int | None = None,
+                         inverts: bool = False, counts_kinks: bool = False) -> None:
     """The learning step of projection ``syn`` (dense projections, any number of copies).
 
     At slot ``start`` of every sample period, ``accumulate_order`` adds the
@@ -540,6 +686,16 @@ def add_dense_plasticity(syn, pre, post, rule, functions: dict, copies: int, sam
         A spatial projection's geometry (convolution or pooled input): its
         accumulate is `arsim.brian.conv_projection.spatial_accumulate` and its
         SGD step runs over the kernel's entries.
+    columns : int, optional
+        How many of its inputs ``W`` reads (`arsim.rules.base.Rule.input_columns`):
+        the others stay 0 after every update (default: all).
+    inverts : bool
+        After every update ``wb`` becomes the transposed inverse of ``W``'s
+        square block (`arsim.rules.base.Rule.inverse_feedback`), guarded by its
+        condition number; ``syn`` holds ``singular_update`` and ``singular_condition``.
+    counts_kinks : bool
+        The accumulate step counts the kink crossings of ``post`` into ``syn.kinks``
+        (`arsim.rules.base.Rule.counts_kinks`).
     """
     from brian2 import get_device
 
@@ -552,6 +708,12 @@ def add_dense_plasticity(syn, pre, post, rule, functions: dict, copies: int, sam
     tied = rule.tied and holds_backward
     steps, samples = rule.mirror_shape() if (rule.mirror and noise_group is not None) else (0, 0)
     sign = rule.sign and holds_backward
+    columns = n_pre if columns is None or spatial(op) else columns
+    penalty = rule.orthogonality_penalty and not spatial(op)
+    if inverts and (spatial(op) or not holds_backward or n_post > columns):
+        raise ValueError(f"{syn.name}: an inverse feedback needs a dense projection holding wb with n_post <= its columns")
+    max_condition = rule.MAX_CONDITION
+    leaky_code = ACTIVATION_CODES["leaky_relu"]
     accumulate, apply = f"arsim_{syn.name}_accumulate_batch", f"arsim_{syn.name}_apply_batch"
 
     def numpy_accumulate(tick, gate, kind, slope, learn_bias, gain):
@@ -563,7 +725,14 @@ def add_dense_plasticity(syn, pre, post, rule, functions: dict, copies: int, sam
             db[:n_post] = 0.0
             for acc in sums:
                 acc[:] = 0.0
+            if counts_kinks:
+                syn.variables["kinks"].get_value()[0] = 0.0
             return tick
+        if counts_kinks and kind == leaky_code:
+            above, fp, x = (post.variables[v].get_value() for v in ("xbar", "fp", "x"))
+            argument = above - post.variables["err_gain"].get_value() * fp * fp * x
+            crossed = np.count_nonzero((argument >= 0) != (above >= 0))
+            syn.variables["kinks"].get_value()[0] += crossed
         delta = _numpy_carried(rule, post, functions, kind, slope, gain, derivative=True, update=True).reshape(copies, n_post)
         activity = pre.variables[pre_activity].get_value().reshape(copies, n_pre)
         dw[:] += (delta.T @ activity).ravel()
@@ -578,7 +747,7 @@ def add_dense_plasticity(syn, pre, post, rule, functions: dict, copies: int, sam
         return tick
 
     def numpy_apply(tick, t_step, steps_per_sample, batch_size, lr, wdecay, eta_b, c_tied, c_decay, c_amp, c_null,
-                    b_scale, m_eta, m_decay, m_amp):
+                    b_scale, m_eta, m_decay, m_amp, c_orth):
         t_step, steps_per_sample, batch_size = int(t_step), int(steps_per_sample), int(batch_size)
         per_batch = batch_size // copies
         period = t_step // steps_per_sample
@@ -588,7 +757,16 @@ def add_dense_plasticity(syn, pre, post, rule, functions: dict, copies: int, sam
         dw = syn.variables["dw_acc"].get_value()
         w = syn.variables["w"].get_value()
         w_old = w.copy()
+        if penalty and c_orth:
+            W = w_old.reshape(n_post, n_pre)[:, :columns]
+            gram = W.T @ W
+            np.fill_diagonal(gram, 0.0)
+            dw.reshape(n_post, n_pre)[:, :columns] += 4.0 * c_orth * (W @ gram)
         w[:] = w_old - lr * (dw + wdecay * w_old)
+        if columns < n_pre:
+            w.reshape(n_post, n_pre)[:, columns:] = 0.0
+        if inverts:
+            _numpy_inverse(syn, w.reshape(n_post, n_pre), n_pre, n_post, max_condition, batch_index)
         if holds_backward:
             wb = syn.variables["wb"].get_value()
             if tied or primitives:
@@ -618,7 +796,7 @@ def add_dense_plasticity(syn, pre, post, rule, functions: dict, copies: int, sam
         return tick
 
     accumulate_function = _function(numpy_accumulate, ["float", "integer", "integer", "float", "float", "float"])
-    apply_function = _function(numpy_apply, ["float", "integer", "integer", "integer"] + ["float"] * 11)
+    apply_function = _function(numpy_apply, ["float", "integer", "integer", "integer"] + ["float"] * 12)
     if spatial(op):
         accumulate_function = spatial_accumulate(syn, pre, post, rule, op, functions, copies, accumulate)
     if _standalone():
@@ -626,7 +804,12 @@ def add_dense_plasticity(syn, pre, post, rule, functions: dict, copies: int, sam
         decl, delta = _derivative_code(rule, names, "k", derivative=True, update=True)
         fields = dict(**_types(), n_pre=n_pre, n_post=n_post, copies=copies, a_post=names["a_post"],
                       xbar_pre=names["xbar_pre"], wb=names.get("wb"), n_weights=n_weights)
-        extra_decl, extra_zero, extra_code = [], [], []
+        extra_decl, extra_zero, extra_code, extra_reset = [], [], [], []
+        if counts_kinks:
+            extra_reset.append(f"{names['kinks']}[0] = 0.0;")
+            extra_code.append(_KINK_COUNT_CPP.format(**fields, leaky_code=leaky_code, xbar_post=names["xbar_post"],
+                                                     fp_post=names["fp_post"], err_gain_post=names["err_gain_post"],
+                                                     kinks=names["kinks"]))
         if "amp" in primitives:
             extra_decl.append(f"{_real()}* __restrict amp = {names['amp_acc']};")
             extra_zero.append("amp[k] = 0.0;")
@@ -639,6 +822,7 @@ def add_dense_plasticity(syn, pre, post, rule, functions: dict, copies: int, sam
             **fields, func=accumulate, dw_acc=names["dw_acc"], db_acc_post=names["db_acc_post"], x_post=names["x_post"],
             derivative_decl=decl, delta=delta, pre_activity=pre_activity, pre_ptr=names[f"{pre_activity}_pre"],
             extra_decl="\n    ".join(extra_decl), extra_zero="\n            ".join(extra_zero), extra_code="".join(extra_code),
+            extra_reset="\n        ".join(extra_reset),
         )
         if code is not None:
             _add_cpp(accumulate_function, code, accumulate, blas=True, functions=functions)
@@ -669,11 +853,24 @@ def add_dense_plasticity(syn, pre, post, rule, functions: dict, copies: int, sam
             if steps:
                 after.append(_MIRROR_CPP.format(**fields, steps=steps, samples=samples,
                                                 noise=f"brian::{get_device().get_array_name(noise_group.variables['v'])}"))
+        before, declarations = [], ""
+        if penalty:
+            before.append(_ORTHOGONALITY_CPP.format(**fields, columns=columns))
+        if columns < n_pre:
+            after.append(_ZERO_COLUMNS_CPP.format(**fields, columns=columns))
+        if inverts:
+            library = blas_library(_BLAS["name"])
+            lapack = {"getrf": library.lapacke("getrf", _real()), "getri": library.lapacke("getri", _real())}
+            declarations = _LAPACKE_DECLARATIONS.format(real=_real(), **lapack)
+            after.append(_INVERSE_CPP.format(**fields, **lapack, max_condition=repr(float(max_condition)),
+                                             singular_update=names["singular_update"],
+                                             singular_condition=names["singular_condition"]))
         code = _APPLY_CPP.format(
             **fields, func=apply, dw_acc=names["dw_acc"], w=names["w"], db_acc_post=names["db_acc_post"], b_post=names["b_post"],
             backward_decl="\n    ".join(backward_decl), backward_step=backward_step, after_code="\n    ".join(after),
+            before_code="\n    ".join(before), declarations=declarations,
         )
-        _add_cpp(apply_function, code, apply, blas=bool(steps))
+        _add_cpp(apply_function, code, apply, blas=bool(steps) or penalty or inverts)
     syn.namespace[accumulate] = accumulate_function
     syn.namespace[apply] = apply_function
     syn.run_regularly(

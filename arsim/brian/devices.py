@@ -44,6 +44,7 @@ import numpy as np
 from .. import __version__
 from .network import Topology, build_network
 from .blas import blas_library
+from .cpp_projection import SHARED_COUNTERS
 from .conv_projection import weight_count
 from .neuron import run_time_terms
 from ..rules import PLASTICITY_SCALARS
@@ -148,7 +149,7 @@ def _result_variables(built):
     for group in built.controllers:
         out[f"{group.name}.x"] = group.variables["x"]
     for syn in built.projections:
-        for var in ("w", "wb"):
+        for var in ("w", "wb", *SHARED_COUNTERS):
             if var in syn.variables:
                 out[f"{syn.name}.{var}"] = syn.variables[var]
     for mon in (*built.monitors.values(), *built.align_monitors.values()):

@@ -289,6 +289,10 @@ def build_network(topo: Topology) -> BuiltNetwork:
             if dense:
                 model += [f"{name} : 1 (shared, constant)" for name in PLASTICITY_SCALARS]
                 model += [f"{name}_acc : 1" for name in ("amp", "null") if holds_backward and name in rule.train_primitives]
+                if index >= 1 and rule.counts_kinks:
+                    model.append("kinks : 1 (shared)")
+                if index >= 1 and rule.inverse_feedback:
+                    model += ["singular_update : 1 (shared)", "singular_condition : 1 (shared)"]
         if feeds_back and not dense:
             model.append(f"fb_pre = {rule.feedback_expression()} : 1 (summed)")
         syn = Synapses(
@@ -327,7 +331,8 @@ def build_network(topo: Topology) -> BuiltNetwork:
             add_dense_plasticity(
                 syn, pre, post, layer_rule, functions=namespace, copies=copies, sample_dt=sample_dt,
                 accumulate_order=ORDER_ACCUMULATE, apply_order=ORDER_APPLY, holds_backward=holds_backward,
-                noise_group=noise, op=op,
+                noise_group=noise, op=op, columns=(rule.input_columns(topo.sizes) or [None] * n_layers)[index],
+                inverts=index >= 1 and rule.inverse_feedback, counts_kinks=index >= 1 and rule.counts_kinks,
             )
         elif topo.train:
             syn.run_regularly(rule.accumulate_code(), dt=sample_dt, when="start", order=ORDER_ACCUMULATE, name=f"proj{index}_accumulate")

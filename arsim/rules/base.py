@@ -93,8 +93,10 @@ class Param:
 #: step is w <- w - lr (dw + wdecay w), and the backward matrix moves by
 #: wb <- wb - eta_b (c_tied dw + 2 c_decay wb - c_amp <r x^T> + 2 c_null <r (B r)^T>),
 #: then (sign) wb = b_scale sign(w), then per mirror step
-#: wb <- wb - m_eta (2 m_decay wb - m_amp <r x^T>_noise)
-PLASTICITY_SCALARS = ("wdecay", "eta_b", "c_tied", "c_decay", "c_amp", "c_null", "b_scale", "m_eta", "m_decay", "m_amp")
+#: wb <- wb - m_eta (2 m_decay wb - m_amp <r x^T>_noise); with `Rule.orthogonality_penalty` the
+#: forward step also adds c_orth dR/dW of R = sum_{i != j} ((W^T W)_ij)^2 (GAIT-prop's soft orthogonality)
+PLASTICITY_SCALARS = ("wdecay", "eta_b", "c_tied", "c_decay", "c_amp", "c_null", "b_scale", "m_eta", "m_decay", "m_amp",
+                      "c_orth")
 
 #: ``forward``'s values (SPEC 2, "relaxing the frozen forward pass"): whether the relaxation's ``f'``, the
 #: update's ``f'`` and the update's pre-synaptic activity come from the current (relaxing) state instead of
@@ -153,6 +155,17 @@ class Rule:
     mirror: ClassVar[bool] = False
     #: B = scale * sign(W)^T, recomputed after every update (sign symmetry)
     sign: ClassVar[bool] = False
+    #: B^l (l >= 1) = the inverse of W^l's square block ``S^l`` (its first n_{l+1} columns), recomputed after every
+    #: update inside the run; the run records the first update after which the 1-norm condition number of
+    #: ``S^l`` reached `MAX_CONDITION` (``singular_update``, ``singular_condition``; `check_run`). GAIT-prop
+    inverse_feedback: ClassVar[bool] = False
+    #: with `inverse_feedback`: the 1-norm condition number of ``S^l`` at which a run stops
+    MAX_CONDITION: ClassVar[float] = 1e12
+    #: the forward step adds ``c_orth`` times the gradient of the soft orthogonality penalty (`PLASTICITY_SCALARS`)
+    orthogonality_penalty: ClassVar[bool] = False
+    #: the run counts, per projection l >= 1, the units of layer l+1 whose carried argument
+    #: ``xbar - gain f'^2 x`` lies across a leaky ReLU's kink from ``xbar`` (``kinks``, GAIT-prop)
+    counts_kinks: ClassVar[bool] = False
     #: projection backends the rule supports
     projections: ClassVar[tuple] = ("dense",)
     #: None: the relaxing state is the learning signal (AR and the FA family); "fixed" or
@@ -421,19 +434,19 @@ class Rule:
 
     @property
     def updates_between_runs(self) -> bool:
-        """Whether the rule changes its weights between Brian2 runs after every update (`stabilise`, `weight_penalty`).
+        """Whether the rule changes its weights between Brian2 runs after every update (`stabilise`).
 
         Training then runs one batch per standalone run, as the rule's numpy reference updates.
+        (GAIT-prop's inverses and penalty need not: the run's apply step computes them, `inverse_feedback`.)
         """
         return self.counts_repairs
 
-    def weight_penalty(self, W: list) -> list | None:
-        """The gradient of a penalty on the forward weights, added to each layer's data gradient (None: no penalty).
+    def check_run(self, raw: dict, n_layers: int, epoch: int, first_batch: int) -> None:
+        """Raise `FloatingPointError` (one line) if a run's results say the rule broke down inside it.
 
-        Brian2 training applies it between runs (one batch per run, `updates_between_runs`), from the
-        weights the batch was computed with, so the step is the reference's ``W - lr (dW + grad)``.
+        ``first_batch`` batches of epoch ``epoch`` came before the run. GAIT-prop reads the
+        first update after which a block ``S^l`` was singular (`inverse_feedback`).
         """
-        return None
 
     def input_columns(self, sizes) -> list | None:
         """Per layer, how many of its inputs ``W^l`` reads (the rest of its columns stay 0); None: all.
@@ -470,8 +483,8 @@ class Rule:
         """Names of the per-run counters `diagnostics` returns (metrics columns, summed over an epoch)."""
         return []
 
-    def diagnostics(self, network, W: list, b: list, B: list, x_in, targets) -> dict:
-        """Counters of one run on the batch ``x_in`` with the weights it started from (keys: `diagnostic_keys`)."""
+    def diagnostics(self, raw: dict, network) -> dict:
+        """Counters of one run (keys: `diagnostic_keys`), from its results ``raw`` (`arsim.brian.devices.Runner.run`)."""
         return {}
 
     def layer_gains(self, layer: int, n_layers: int) -> tuple[float, float]:
@@ -674,6 +687,7 @@ class Rule:
         after_batch : callable, optional
             ``after_batch(batch_index, params)`` after every update.
         """
+        from ..reference.gait import orthogonality_gradient
         from . import primitives
 
         network = experiment.network
@@ -684,12 +698,13 @@ class Rule:
             stop = start + batch
             dW, db, xbar, next_state = self.reference_step(network, new.W, new.b, new.B, new.state, x_in[start:stop],
                                                            targets[start:stop], lr)
-            penalty = self.weight_penalty(new.W) or [0.0] * len(new.W)
             for l in range(len(new.W)):
                 s = scalars[l]
                 rule = self.for_layer(l)
                 W_old = new.W[l]
-                new.W[l] = W_old - lr * (dW[l] + s["wdecay"] * W_old + penalty[l])
+                # the penalty's gradient at the weights the batch was computed with, as the run's apply step
+                penalty = s["c_orth"] * orthogonality_gradient(W_old) if s["c_orth"] else 0.0
+                new.W[l] = W_old - lr * (dW[l] + s["wdecay"] * W_old + penalty)
                 if network.learns_bias(l):
                     new.b[l] = new.b[l] - lr * db[l]
                 if not rule.separate_backward:

@@ -27,16 +27,23 @@ with orthogonal `W^1..W^{L-1}` and no unit crossing the leaky-ReLU kink it is ba
 Layers above the input are square or, in the authors' tower form, narrowing: `W^l = [S^l, 0]` reads the
 first `n_{l+1}` units of its layer and the others keep their forward activity as target (`x = 0`).
 The activations must be invertible (leaky_relu, tanh, sigmoid, linear); the loss mse.
-Training recomputes `(S^l)^-1` after every update (one batch per standalone run) and adds the authors'
-soft orthogonality penalty `lambda sum_{i != j} ((W^l^T W^l)_ij)^2` of `W^1..W^{L-1}` to the data gradient
-(plain SGD; the authors use Adam). The metrics count, per epoch and hidden layer, the units whose
-perturbed argument crosses the leaky-ReLU kink (`kink_crossings_l`), where the equivalence with BP
-breaks; a warning is printed when `gamma^(L-1)` nears the floating-point cancellation floor.
+Training adds the authors' soft orthogonality penalty `lambda sum_{i != j} ((W^l^T W^l)_ij)^2` of
+`W^1..W^{L-1}` to the data gradient (plain SGD; the authors use Adam) and recomputes `(S^l)^-1` after
+every update, both inside the standalone run (LAPACK `getrf`/`getri` at each batch boundary), so a run
+holds many batches. A block whose 1-norm condition number reaches 1e12 stops training in one line naming
+the layer and the update. The metrics count, per epoch and hidden layer, the units whose perturbed
+argument crosses the leaky-ReLU kink (`kink_crossings_l`, counted by the run from the relaxed state the
+update uses), where the equivalence with BP breaks; a warning is printed when `gamma^(L-1)` nears the
+floating-point cancellation floor.
 """
     params = {
         "gamma": Param(float, 1e-3, "gamma", "size of the target perturbation (float64 cancellation grows like gamma^-(L-1))", positive),
         "orthogonal_reg": Param(float, 0.1, "lambda", "soft orthogonality penalty sum_{i != j} ((W^T W)_ij)^2 of the update", non_negative),
     }
+
+    inverse_feedback = True
+    orthogonality_penalty = True
+    counts_kinks = True
 
     def __init__(self, settings=None, derivative=True, ordering="synchronous", forward="frozen", feedback="transpose"):
         super().__init__(settings, derivative, ordering, forward, feedback)
@@ -82,35 +89,44 @@ breaks; a warning is printed when `gamma^(L-1)` nears the floating-point cancell
                     f" error about {floor:.2g}; raise gamma or use fewer layers"]
         return []
 
-    @property
-    def updates_between_runs(self) -> bool:
-        return True  # (W^l)^-1 after every update
+    def check_run(self, raw, n_layers, epoch, first_batch):
+        """Stop at the first update after which the run found a block ``S^l`` singular (`MAX_CONDITION`)."""
+        for l in range(1, n_layers):
+            update = int(raw[f"proj{l}.singular_update"][0])
+            if update > 0:
+                condition = float(raw[f"proj{l}.singular_condition"][0])
+                raise FloatingPointError(
+                    f"GAIT-prop: W^{l} is singular after update {first_batch + update} of epoch {epoch} (1-norm condition"
+                    f" number {condition:.3g}, limit {self.MAX_CONDITION:.0e}); raise gait.orthogonal_reg or lower train.lr")
 
-    def weight_penalty(self, W):
-        from ..reference.gait import orthogonality_gradient
-
-        strength = float(self.settings["orthogonal_reg"])
-        if strength == 0:
-            return None
+    def plasticity_scalars(self, lr, sizes):
+        rows = super().plasticity_scalars(lr, sizes)
         # W^0 feeds no inverse: only the layers targets pass through are pushed towards orthogonality
-        return [np.zeros_like(W[0])] + [strength * orthogonality_gradient(w) for w in W[1:]]
+        for row in rows[1:]:
+            row["c_orth"] = float(self.settings["orthogonal_reg"])
+        return rows
 
     def diagnostic_keys(self, n_layers):
         return [f"kink_crossings_{l}" for l in range(1, n_layers)]
 
-    def diagnostics(self, network, W, b, B, x_in, targets):
-        """Units (summed over the batch) whose target step crosses the leaky-ReLU kink, by `arsim.reference.gait`."""
-        from ..reference import oracle
-        from ..reference.gait import gait_pass
+    def diagnostics(self, raw, network):
+        """Units whose target step crosses the leaky-ReLU kink, from the relaxed state the update uses.
 
-        n_layers = len(W)
-        if network.activation != "leaky_relu" and network.output_activation != "leaky_relu":
-            return {key: 0 for key in self.diagnostic_keys(n_layers)}
-        with np.errstate(all="ignore"):
-            fwd = oracle.forward(W, b, x_in, network.hidden, network.output, network.loss)
-            e = oracle.output_error(fwd.xbar[-1], targets, network.loss)
-            result = gait_pass(W, b, fwd, e, self.gamma, network.activation, network.leaky_slope, network.output_activation)
-        return {f"kink_crossings_{l}": int(result.crossings[l]) for l in range(1, n_layers)}
+        A training run counts them itself (``proj{l}.kinks``, summed over its samples); for a
+        relaxation they are counted here from its final state: layer ``l+1``'s argument
+        ``xbar - gamma f'^2 x`` of ``(W^l)^-1 f^-1`` against ``xbar``.
+        """
+        n_layers = network.n_layers
+        out = {}
+        for l in range(1, n_layers):
+            if f"proj{l}.kinks" in raw:
+                out[f"kink_crossings_{l}"] = int(round(float(raw[f"proj{l}.kinks"][0])))
+                continue
+            kind = network.output_activation if l + 1 == n_layers else network.activation
+            above, fp, x = (raw[f"layer{l + 1}.{v}"] for v in ("xbar", "fp", "x"))
+            argument = above - self.gamma * fp * fp * x
+            out[f"kink_crossings_{l}"] = int(np.count_nonzero((argument >= 0) != (above >= 0))) if kind == "leaky_relu" else 0
+        return out
 
     @classmethod
     def required_keys(cls, settings):
