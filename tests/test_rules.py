@@ -56,7 +56,7 @@ def _max_diff(a, b):
     return max(float(np.max(np.abs(u - v))) for u, v in zip(a, b))
 
 
-CASES = [(rule, "batch") for rule in SIMULATED] + [(rule, "sample") for rule in ("dfa", "kp", "wm", "ia", "sign")]
+CASES = [(rule, "batch") for rule in SIMULATED] + [(rule, "sample") for rule in ("dfa", "kp", "wm", "ia", "sign", "gait")]
 
 
 @pytest.mark.parametrize("rule,parallel", CASES, ids=[f"{r}-{p}" for r, p in CASES])

@@ -378,18 +378,22 @@ _INVERSE_CPP = """
         static std::vector<{real}> square_buffer((size_t){n_post} * {n_post});
         static std::vector<int> pivots({n_post});
         {real}* __restrict A = square_buffer.data();
-        // the maxima skip NaN: the totals decide whether a matrix is finite
-        double norm = 0.0, total = 0.0;
-        for (int i = 0; i < {n_post}; i++)
+        // ||M||_1 of the n x n block of a row-major M (row stride ld), its largest column sum;
+        // NaN if an entry is not finite (the maximum alone would skip a NaN column)
+        auto norm1 = [](const {real}* M, const int ld)
         {{
-            double column = 0.0;
-            for (int j = 0; j < {n_post}; j++)
-                column += fabs((double)w[(size_t)j * {n_pre} + i]);
-            norm = column > norm ? column : norm;
-            total += column;
-        }}
-        if (!std::isfinite(total))
-            norm = NAN;
+            double largest = 0.0, total = 0.0;
+            for (int i = 0; i < {n_post}; i++)
+            {{
+                double column = 0.0;
+                for (int j = 0; j < {n_post}; j++)
+                    column += fabs((double)M[(size_t)j * ld + i]);
+                largest = column > largest ? column : largest;
+                total += column;
+            }}
+            return std::isfinite(total) ? largest : NAN;
+        }};
+        const double norm = norm1(w, {n_pre});
         for (int j = 0; j < {n_post}; j++)
             for (int i = 0; i < {n_post}; i++)
                 A[(size_t)j * {n_post} + i] = w[(size_t)j * {n_pre} + i];
@@ -400,18 +404,7 @@ _INVERSE_CPP = """
             if (info == 0)
                 info = {getri}(102, {n_post}, A, {n_post}, pivots.data());
             if (info == 0)
-            {{
-                double inverse_norm = 0.0, inverse_total = 0.0;
-                for (int j = 0; j < {n_post}; j++)
-                {{
-                    double column = 0.0;
-                    for (int i = 0; i < {n_post}; i++)
-                        column += fabs((double)A[(size_t)i * {n_post} + j]);
-                    inverse_norm = column > inverse_norm ? column : inverse_norm;
-                    inverse_total += column;
-                }}
-                condition = std::isfinite(inverse_total) ? norm * inverse_norm : NAN;
-            }}
+                condition = norm * norm1(A, {n_post});  // NaN if the inverse is not finite: refused below
         }}
         if (!(condition < {max_condition}))
         {{
